@@ -1,0 +1,167 @@
+"""The artifact repository for ``pgmodels:/<name>/<version>``: a version's files, out of its row.
+
+A version is fetched once into the local cache (cache.py) and served from there, in place,
+like MLflow's local-file repository. Where the client has only an MLflow server's address
+(``registry_uri='http://...'``) the archive comes through the server's
+``/model-versions/get-artifact`` endpoint instead, so no database credentials are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import mlflow
+from mlflow.entities import FileInfo
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+from mlflow_pgmodels import archive, cache
+from mlflow_pgmodels.uri import is_pgmodels_uri, parse_download_uri
+
+# Files that exist only for the REST path: the archive and its digest.
+VIRTUAL_DIR = ".pgmodels"
+VIRTUAL_ARCHIVE = f"{VIRTUAL_DIR}/model.zip"
+VIRTUAL_DIGEST = f"{VIRTUAL_DIR}/sha256"
+
+
+class PgModelsArtifactRepository(ArtifactRepository):
+    """Read-only access to the files of one registered model version stored in ``models``."""
+
+    def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self.model_name, self.model_version = parse_download_uri(artifact_uri)
+        self._dir: str | None = None
+
+    # --- where the bytes come from -------------------------------------------------------
+    def _source(self):
+        from mlflow_pgmodels.fetch import DatabaseSource, ServerSource
+
+        for uri in (self.registry_uri, _server_registry_uri(), mlflow.get_registry_uri(), self.tracking_uri):
+            if is_pgmodels_uri(uri):
+                return DatabaseSource(uri)
+        for uri in (self.registry_uri, self.tracking_uri, mlflow.get_registry_uri()):
+            if uri and uri.startswith(("http://", "https://")):
+                return ServerSource(uri)
+        raise MlflowException(
+            f"Cannot download {self.artifact_uri}: no pgmodels:// registry URI or MLflow server is "
+            "configured. Set MLFLOW_REGISTRY_URI (or MLFLOW_TRACKING_URI) to the pgmodels:// URI "
+            "of the model database, or to the http:// address of an MLflow server that uses it.",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+
+    def model_dir(self) -> str:
+        """The local (cached) directory holding this version's extracted files."""
+        if self._dir is None:
+            self._dir = self._source().materialize(self.model_name, self.model_version)
+        return self._dir
+
+    # --- ArtifactRepository ----------------------------------------------------------------
+    def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
+        if path and path.strip("/").startswith(VIRTUAL_DIR):
+            return []
+        base = self.model_dir()
+        rel = (path or "").strip("/")
+        full = os.path.join(base, rel)
+        if not os.path.isdir(full):
+            return []
+        infos = []
+        for entry in sorted(os.listdir(full)):
+            if entry.startswith(".pgmodels") or entry == "registered_model_meta":
+                continue
+            entry_path = os.path.join(full, entry)
+            rel_path = f"{rel}/{entry}" if rel else entry
+            is_dir = os.path.isdir(entry_path)
+            infos.append(FileInfo(rel_path, is_dir, None if is_dir else os.path.getsize(entry_path)))
+        return infos
+
+    def get_local_path(self, artifact_path: str) -> str | None:
+        if artifact_path.strip("/").startswith(VIRTUAL_DIR):
+            return None
+        return self._local(artifact_path)
+
+    def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
+        """The files in place in the cache when ``dst_path`` is None, else linked into ``dst_path``."""
+        artifact_path = (artifact_path or "").strip("/")
+        if artifact_path in (VIRTUAL_ARCHIVE, VIRTUAL_DIGEST):
+            return self._download_virtual(artifact_path, dst_path)
+        src = self._local(artifact_path)
+        if dst_path is None:
+            return src
+        dst = os.path.join(os.path.abspath(dst_path), artifact_path) if artifact_path else os.path.abspath(dst_path)
+        _link_tree(src, dst)
+        return dst
+
+    def _download_file(self, remote_file_path: str, local_path: str) -> None:
+        _link_tree(self._local(remote_file_path), local_path)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        raise _immutable()
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        raise _immutable()
+
+    def delete_artifacts(self, artifact_path=None):
+        raise _immutable()
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _local(self, artifact_path: str) -> str:
+        base = self.model_dir()
+        full = os.path.normpath(os.path.join(base, artifact_path.strip("/")))
+        if os.path.commonpath([base, full]) != base or not os.path.exists(full):
+            raise MlflowException(
+                f"No file {artifact_path!r} in model '{self.model_name}' version {self.model_version}",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        return full
+
+    def _download_virtual(self, artifact_path: str, dst_path: str | None) -> str:
+        from mlflow_pgmodels.fetch import DatabaseSource
+
+        source = self._source()
+        if not isinstance(source, DatabaseSource):
+            raise MlflowException(f"{artifact_path} is served by the database side only",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        dst_dir = dst_path or tempfile.mkdtemp()
+        out = os.path.join(dst_dir, artifact_path)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        if artifact_path == VIRTUAL_DIGEST:
+            with open(out, "w") as f:
+                f.write(source.metadata(self.model_name, self.model_version).digest)
+        else:
+            source.write_archive(self.model_name, self.model_version, out)
+        return out
+
+
+def _server_registry_uri() -> str | None:
+    # set by `mlflow server` for its workers
+    return os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE")
+
+
+def _immutable() -> MlflowException:
+    return MlflowException(
+        "A registered model version in pgmodels is immutable: its files cannot be added, changed "
+        "or deleted. Register a new version instead.",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """Hard-link (or copy, across file systems) a file or directory tree to ``dst``."""
+    if os.path.isdir(src):
+        shutil.copytree(src, dst, copy_function=_link_or_copy, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".pgmodels*", "registered_model_meta"))
+    else:
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

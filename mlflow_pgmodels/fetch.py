@@ -1,0 +1,154 @@
+"""Getting a version's bytes into the local cache: from the database, or through an MLflow server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
+
+from mlflow_pgmodels import archive, cache
+from mlflow_pgmodels.blobs import read_blob
+from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.schema import ensure_schema
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str          # SHA-256 (hex): stored, or computed for rows written by other code
+    stored_digest: bool  # whether ``digest`` was recorded at registration (and can be verified)
+    size: int            # bytes in model_binary now
+    recorded_size: int | None
+
+
+def _what(name: str, version: int) -> str:
+    return f"Model '{name}' version {version}"
+
+
+def finish_entry(blob_path: str, tmp_dir: str, name: str, version: int) -> None:
+    """Turn a downloaded blob into the model directory ``<tmp_dir>/model`` of a cache entry."""
+    model = os.path.join(tmp_dir, "model")
+    with open(blob_path, "rb") as f:
+        head = f.read(4)
+    if head == archive.ZIP_MAGIC:
+        archive.unpack(blob_path, model, _what(name, version))
+    else:
+        archive.write_legacy_model_dir(blob_path, model)
+    # What MLflow's models:/ repository writes on every load, written once here
+    with open(os.path.join(model, "registered_model_meta"), "w") as f:
+        f.write(f"model_name: {name!r}\nmodel_version: '{version}'\n")
+    os.remove(blob_path)
+
+
+class DatabaseSource:
+    """Versions read straight from the ``models`` table."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        ensure_schema(uri)
+
+    def metadata(self, name: str, version: int) -> BlobInfo:
+        """Digest and size of a version, from one small query that does not read the bytes."""
+        with connection(self.uri, f"read model '{name}' version {version}") as conn:
+            row = conn.execute(
+                "SELECT sha256, octet_length(model_binary), size_bytes,"
+                " CASE WHEN sha256 IS NULL THEN encode(sha256(model_binary), 'hex') END"
+                " FROM models WHERE name = %s AND version = %s",
+                (name, version),
+            ).fetchone()
+        if row is None:
+            raise MlflowException(f"{_what(name, version)} not found in the model database",
+                                  error_code=RESOURCE_DOES_NOT_EXIST)
+        stored, size, recorded, computed = row
+        return BlobInfo(stored or computed, stored is not None, size, recorded)
+
+    def materialize(self, name: str, version: int) -> str:
+        """The cache directory of this version, downloading and verifying it first if needed."""
+        info = self.metadata(name, version)
+        path = cache.entry_path(name, version, info.digest)
+        if os.path.isdir(path):
+            cache.touch(path)
+            return path
+        with cache.filling(path) as tmp:
+            if tmp is not None:
+                blob_path = os.path.join(tmp, "blob")
+                self._download(name, version, info, blob_path)
+                finish_entry(blob_path, tmp, name, version)
+        return path
+
+    def write_archive(self, name: str, version: int, out_path: str) -> None:
+        """Write the verified raw ``model_binary`` of a version to ``out_path``."""
+        self._download(name, version, self.metadata(name, version), out_path)
+
+    def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> None:
+        what = _what(name, version)
+        with open(out_path, "wb") as out, connection(self.uri, f"read {what}") as conn:
+            digest, got = read_blob(conn, name, version, info.size, out,
+                                    progress=f"Downloading {name} v{version}")
+        expected_size = info.recorded_size if info.recorded_size is not None else info.size
+        if got != expected_size or (info.stored_digest and digest != info.digest):
+            os.remove(out_path)
+            raise MlflowException(
+                f"{what} is corrupt in the database: model_binary has {got} bytes with SHA-256 "
+                f"{digest[:16]}…, but {expected_size} bytes with SHA-256 {info.digest[:16]}… were "
+                "registered. Nothing was loaded. Restore the row from a backup or register the "
+                "model again.",
+                error_code=DATA_LOSS,
+            )
+
+
+class ServerSource:
+    """Versions fetched through an MLflow server (``/model-versions/get-artifact``): no DB credentials."""
+
+    def __init__(self, server_uri: str) -> None:
+        self.server_uri = server_uri
+
+    def _get(self, name: str, version: int, path: str, out_path: str) -> None:
+        from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
+        from mlflow.tracking._tracking_service.utils import _get_default_host_creds
+
+        response = http_request(
+            _get_default_host_creds(self.server_uri), "/model-versions/get-artifact", "GET",
+            params={"name": name, "version": str(version), "path": path}, stream=True,
+        )
+        if response.status_code == 404:
+            raise MlflowException(f"{_what(name, version)} not found on {self.server_uri}",
+                                  error_code=RESOURCE_DOES_NOT_EXIST)
+        augmented_raise_for_status(response)
+        with open(out_path, "wb") as out:
+            for chunk in response.iter_content(chunk_size=1024 * 1024):
+                out.write(chunk)
+
+    def materialize(self, name: str, version: int) -> str:
+        import hashlib
+        import tempfile
+
+        from mlflow_pgmodels.artifact_repo import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST
+
+        with tempfile.TemporaryDirectory() as tmp:
+            digest_file = os.path.join(tmp, "sha256")
+            self._get(name, version, VIRTUAL_DIGEST, digest_file)
+            with open(digest_file) as f:
+                digest = f.read().strip()
+        path = cache.entry_path(name, version, digest)
+        if os.path.isdir(path):
+            cache.touch(path)
+            return path
+        with cache.filling(path) as tmp:
+            if tmp is not None:
+                blob_path = os.path.join(tmp, "blob")
+                self._get(name, version, VIRTUAL_ARCHIVE, blob_path)
+                sha = hashlib.sha256()
+                with open(blob_path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1024 * 1024), b""):
+                        sha.update(chunk)
+                if sha.hexdigest() != digest:
+                    raise MlflowException(
+                        f"{_what(name, version)} arrived from {self.server_uri} with SHA-256 "
+                        f"{sha.hexdigest()[:16]}…, expected {digest[:16]}…; nothing was loaded.",
+                        error_code=DATA_LOSS,
+                    )
+                finish_entry(blob_path, tmp, name, version)
+        return path

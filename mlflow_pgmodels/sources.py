@@ -1,0 +1,99 @@
+"""Finding the files of a version being registered: the ``source`` MLflow passes to the store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+from mlflow_pgmodels.uri import redact
+
+# Sources MLflow uses for prompts: there are no files behind them.
+PLACEHOLDER_SOURCES = {"dummy-source", "prompt-template", ""}
+
+
+def logged_model_id(source: str) -> str | None:
+    """``m-...`` for a ``models:/m-...`` source (a LoggedModel), else None."""
+    if source.startswith("models:/m-"):
+        return source[len("models:/"):].strip("/").split("/")[0]
+    return None
+
+
+def source_run_id(model_id: str | None, tracking_uri: str | None) -> str | None:
+    """The run a LoggedModel was logged in, so that the UI links the version to it."""
+    if not model_id:
+        return None
+    from mlflow import MlflowClient
+
+    with contextlib.suppress(Exception):
+        return MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).source_run_id
+    return None
+
+
+@contextlib.contextmanager
+def model_files(source: str, local_model_path: str | None, tracking_uri: str | None) -> Iterator[str | None]:
+    """A local MLflow model directory for ``source``, or None for sources without files (prompts)."""
+    if local_model_path and os.path.isfile(os.path.join(local_model_path, "MLmodel")):
+        yield local_model_path
+        return
+    if source in PLACEHOLDER_SOURCES:
+        yield None
+        return
+    tmp = tempfile.mkdtemp(prefix="pgmodels-src-")
+    try:
+        path = _download(source, tmp, tracking_uri)
+        if os.path.isfile(path):  # a single file: not a model directory
+            path = os.path.dirname(path)
+        meta = os.path.join(path, "registered_model_meta")
+        if os.path.exists(meta):
+            os.remove(meta)
+        if not os.path.isfile(os.path.join(path, "MLmodel")):
+            raise MlflowException(
+                f"The source {redact(source)!r} is not an MLflow model (no MLmodel file at its root). "
+                "Register a directory written by mlflow.<flavor>.log_model or save_model.",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download(source: str, dst: str, tracking_uri: str | None) -> str:
+    import mlflow.artifacts
+
+    try:
+        model_id = logged_model_id(source)
+        uri = source
+        if model_id:
+            from mlflow import MlflowClient
+
+            uri = MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).artifact_location
+            served = _download_on_server(uri, dst)
+            if served:
+                return served
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"):
+            raise
+        raise MlflowException(f"Cannot read the model files at {redact(source)!r}: {redact(e.message)}",
+                              error_code=INVALID_PARAMETER_VALUE) from None
+    except (OSError, ValueError) as e:
+        raise MlflowException(f"Cannot read the model files at {redact(source)!r}: {redact(str(e))}",
+                              error_code=RESOURCE_DOES_NOT_EXIST) from None
+
+
+def _download_on_server(uri: str, dst: str) -> str | None:
+    """Inside ``mlflow server``: read ``mlflow-artifacts:`` URIs through the server's own store."""
+    if os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT") is None:
+        return None
+    from mlflow.server import handlers
+
+    if not handlers._is_servable_proxied_run_artifact_root(uri):
+        return None
+    path = handlers._get_proxied_run_artifact_destination_path(uri)
+    return handlers._get_artifact_repo_mlflow_artifacts().download_artifacts(path, dst_path=dst)

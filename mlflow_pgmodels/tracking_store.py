@@ -1,0 +1,24 @@
+"""The ``pgmodels://`` tracking store: MLflow's own SQL tracking store on the same database.
+
+So one URI serves runs, experiments and logged models (MLflow's tables) and the model registry
+(the ``models`` table). Imports are lazy: this module is loaded while ``import mlflow`` runs.
+"""
+
+from __future__ import annotations
+
+
+def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
+    """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
+    import os
+
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+
+    from mlflow_pgmodels.uri import to_sqlalchemy_url
+
+    if artifact_uri is None:
+        artifact_uri = os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
+        from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore as Store
+    else:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as Store
+    return Store(to_sqlalchemy_url(store_uri), artifact_uri)
