@@ -1,0 +1,98 @@
+"""The ``mlflow-pgmodels`` command: schema, local cache, migration and import.
+
+Each subcommand lives next to the code it drives; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlflow.exceptions import MlflowException
+
+from mlflow_pgmodels.uri import redact
+
+URI_HELP = ("pgmodels://[user[:password]@][host][:port][/dbname][?params]; default: "
+            "$MLFLOW_REGISTRY_URI, then $MLFLOW_TRACKING_URI")
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The store URI: the one given, else MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI if pgmodels://."""
+    from mlflow_pgmodels.uri import is_pgmodels_uri
+
+    for candidate in (uri, os.environ.get("MLFLOW_REGISTRY_URI"), os.environ.get("MLFLOW_TRACKING_URI")):
+        if is_pgmodels_uri(candidate):
+            return candidate
+    raise MlflowException.invalid_parameter_value(
+        "No model database given: pass --uri pgmodels://user:password@host:5432/dbname or set "
+        "MLFLOW_TRACKING_URI (or MLFLOW_REGISTRY_URI) to such a URI.")
+
+
+def _db(args: argparse.Namespace) -> int:
+    from mlflow_pgmodels.db import connection
+    from mlflow_pgmodels.schema import SCHEMA_VERSION, installed_version, upgrade
+    from mlflow_pgmodels.tracking_store import build_tracking_store
+
+    uri = resolve_uri(args.uri)
+    if not args.registry_only:
+        # MLflow's tables first: `mlflow db upgrade` refuses a database that has only ours
+        build_tracking_store(uri, artifact_uri=os.environ.get("MLFLOW_ARTIFACT_ROOT"))
+    with connection(uri, f"{args.action} the pgmodels schema") as conn:
+        before = installed_version(conn)
+        upgrade(conn)
+    print(f"pgmodels schema at version {SCHEMA_VERSION} (was {before or 'absent'}) in {redact(uri)}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from mlflow_pgmodels import cache
+
+    if args.action == "ls":
+        entries = cache.entries()
+        for e in reversed(entries):
+            print(f"{e.name}\tv{e.version}\t{e.size / 2**20:9.1f} MiB\t{e.digest[:12]}\t{e.path}")
+        total = sum(e.size for e in entries)
+        print(f"{len(entries)} cached versions, {total / 2**20:.1f} MiB of {cache.max_bytes() / 2**20:.0f} MiB "
+              f"in {cache.root()}")
+    else:
+        print(f"removed {cache.clear()} cached versions from {cache.root()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlflow-pgmodels",
+        description="Manage an MLflow model registry kept in PostgreSQL (the `models` table).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="create or upgrade the schema (MLflow's tables and the models table)")
+    db.add_argument("action", choices=["init", "upgrade"], help="both are idempotent")
+    db.add_argument("--uri", help=URI_HELP)
+    db.add_argument("--registry-only", action="store_true",
+                    help="only the pgmodels tables, not MLflow's tracking tables")
+    db.set_defaults(func=_db)
+
+    cache = sub.add_parser("cache", help="list or clear the local cache of downloaded versions")
+    cache.add_argument("action", choices=["ls", "clear"])
+    cache.set_defaults(func=_cache)
+
+    for module in ("mlflow_pgmodels.migrate", "mlflow_pgmodels.import_registry"):
+        try:
+            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+        except ModuleNotFoundError:
+            pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MlflowException as e:
+        print(f"error: {redact(e.message)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Small real models and data for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+X = np.random.default_rng(0).random((40, 3))
+Y_CLASS = (X[:, 0] > 0.5).astype(int)
+
+
+def classifier(seed: int = 0) -> LogisticRegression:
+    """A fitted classifier; different seeds give models with different coefficients."""
+    rng = np.random.default_rng(seed)
+    return LogisticRegression(C=float(rng.uniform(0.1, 10))).fit(X, Y_CLASS)
+
+
+def regressor(slope: float = 2.0) -> LinearRegression:
+    """A fitted regression whose predictions reveal ``slope`` (so loads can be told apart)."""
+    return LinearRegression().fit(X, X[:, 0] * slope)
+
+
+def log(model, name: str, **kwargs):
+    """``mlflow.sklearn.log_model`` in its own run, registering under ``name``; returns ModelInfo."""
+    import mlflow
+
+    kwargs.setdefault("pip_requirements", ["scikit-learn"])  # skip slow requirement inference
+    with mlflow.start_run():
+        return mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **kwargs)
