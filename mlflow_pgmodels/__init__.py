@@ -1,3 +1,19 @@
-"""mlflow-pgmodels: MLflow's model registry and artifact store in one PostgreSQL ``models`` table."""
+"""mlflow-pgmodels: MLflow's model registry and artifact store in one PostgreSQL ``models`` table.
+
+The seed's helper functions (``save_model_to_db`` …, see helpers.py) are exported here; they are
+imported on first use, because MLflow loads this package while ``import mlflow`` runs.
+"""
 
 __version__ = "0.1.0"
+
+_HELPERS = ("save_model_to_db", "load_model_from_db", "get_latest_model_version", "deactivate_model",
+            "activate_model")
+__all__ = list(_HELPERS)
+
+
+def __getattr__(name: str):
+    if name in _HELPERS:
+        from mlflow_pgmodels import helpers
+
+        return getattr(helpers, name)
+    raise AttributeError(f"module 'mlflow_pgmodels' has no attribute {name!r}")
