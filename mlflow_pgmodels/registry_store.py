@@ -281,7 +281,7 @@ class PgModelsRegistryStore(AbstractStore):
         max_results = _max_results(max_results, SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
                                    SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD)
         where, params = [], []
-        parsed = SearchModelUtils.parse_search_filter(filter_string or "")
+        parsed = _parse_filter(SearchModelUtils, filter_string)
         for clause in parsed:
             sql, args = _clause(clause, {"name": "r.name"}, "pgm_registered_model_tags t WHERE t.name = r.name", {})
             where.append(sql)
@@ -484,7 +484,7 @@ class PgModelsRegistryStore(AbstractStore):
         max_results = _max_results(max_results, SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT,
                                    SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
         where, params = [], []
-        parsed = SearchModelVersionUtils.parse_search_filter(filter_string or "")
+        parsed = _parse_filter(SearchModelVersionUtils, filter_string)
         columns = {"name": "m.name", "version_number": "m.version", "run_id": "m.run_id", "source_path": "m.source"}
         for clause in parsed:
             sql, args = _clause(clause, columns,
@@ -612,7 +612,7 @@ def _clause(clause: dict, columns: dict[str, str], tag_from: str, tag_columns: d
         if op not in _SQL_OPS:
             raise MlflowException.invalid_parameter_value(f"Invalid comparator '{op}' for attribute '{key}'")
         if key == "version_number":
-            return f"{column} {_SQL_OPS[op]} %s", [int(value)]
+            return f"{column} {_SQL_OPS[op]} %s", [_version_in_filter(value)]
         return f"{column} {_SQL_OPS[op]} %s", [value]
     if kind == "tag":
         if op not in ("=", "!=", "LIKE", "ILIKE"):
@@ -625,6 +625,24 @@ def _clause(clause: dict, columns: dict[str, str], tag_from: str, tag_columns: d
                     [key, "false"])
         return f"EXISTS (SELECT 1 FROM {tag_from} AND t.key = %s AND t.value {_SQL_OPS[op]} %s)", [key, value]
     raise MlflowException.invalid_parameter_value(f"Invalid search expression type '{kind}'")
+
+
+def _parse_filter(utils, filter_string: str | None) -> list[dict]:
+    """MLflow's parse of a filter string; the ValueErrors its parser lets out become 400s too."""
+    try:
+        return utils.parse_search_filter(filter_string or "")
+    except MlflowException:
+        raise
+    except (ValueError, TypeError, IndexError) as e:
+        raise MlflowException.invalid_parameter_value(f"Invalid filter {filter_string!r}: {e}") from None
+
+
+def _version_in_filter(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MlflowException.invalid_parameter_value(
+            f"Invalid version_number {value!r} in filter: expected a whole number") from None
 
 
 def _parse_rm_order(text: str) -> tuple[str, bool]:

@@ -27,3 +27,12 @@ def log(model, name: str, **kwargs):
     kwargs.setdefault("pip_requirements", ["scikit-learn"])  # skip slow requirement inference
     with mlflow.start_run():
         return mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **kwargs)
+
+
+def saved(path, model=None) -> str:
+    """A model directory written by ``mlflow.sklearn.save_model``: a cheap ``source`` to register."""
+    import mlflow
+
+    mlflow.sklearn.save_model(model if model is not None else classifier(), str(path),
+                              pip_requirements=["scikit-learn"])
+    return str(path)
