@@ -102,40 +102,68 @@ class DatabaseSource:
 class ServerSource:
     """Versions fetched through an MLflow server (``/model-versions/get-artifact``): no DB credentials."""
 
+    ENDPOINT = "/model-versions/get-artifact"
+    # Retried: the server or the database behind it is busy or restarting. Not 500: that is a
+    # definite answer (e.g. DATA_LOSS) which a retry would only delay by minutes.
+    RETRY_CODES = frozenset([408, 429, 502, 503, 504])
+
     def __init__(self, server_uri: str) -> None:
         self.server_uri = server_uri
 
-    def _get(self, name: str, version: int, path: str, out_path: str) -> None:
-        from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
-        from mlflow.tracking._tracking_service.utils import _get_default_host_creds
+    def _get(self, name: str, version: int, path: str, out) -> str:
+        """Stream one (virtual) file of a version into ``out``; returns its SHA-256."""
+        import hashlib
+
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         response = http_request(
-            _get_default_host_creds(self.server_uri), "/model-versions/get-artifact", "GET",
+            get_default_host_creds(self.server_uri), self.ENDPOINT, "GET",
             params={"name": name, "version": str(version), "path": path}, stream=True,
+            retry_codes=self.RETRY_CODES,
         )
-        if response.status_code == 404:
-            raise MlflowException(f"{_what(name, version)} not found on {self.server_uri}",
-                                  error_code=RESOURCE_DOES_NOT_EXIST)
-        augmented_raise_for_status(response)
-        with open(out_path, "wb") as out:
+        with response:
+            if response.status_code != 200:
+                verify_rest_response(response, self.ENDPOINT)  # raises the server's MlflowException
+            sha = hashlib.sha256()
             for chunk in response.iter_content(chunk_size=1024 * 1024):
+                sha.update(chunk)
                 out.write(chunk)
+        return sha.hexdigest()
+
+    def digest(self, name: str, version: int) -> str:
+        """The SHA-256 the server's database holds for a version (a few bytes, no download)."""
+        import io
+
+        from mlflow_pgmodels.artifact_repo import VIRTUAL_DIGEST
+
+        buf = io.BytesIO()
+        self._get(name, version, VIRTUAL_DIGEST, buf)
+        return buf.getvalue().decode().strip()
 
     def materialize(self, name: str, version: int) -> str:
-        import hashlib
-        import tempfile
+        """The cache directory of this version, downloading and verifying it first if needed."""
+        from mlflow_pgmodels.artifact_repo import VIRTUAL_ARCHIVE
 
-        from mlflow_pgmodels.artifact_repo import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST
-
-        with tempfile.TemporaryDirectory() as tmp:
-            digest_file = os.path.join(tmp, "sha256")
-            self._get(name, version, VIRTUAL_DIGEST, digest_file)
-            with open(digest_file) as f:
-                digest = f.read().strip()
+        digest = self.digest(name, version)
         path = cache.entry_path(name, version, digest)
         if os.path.isdir(path):
             cache.touch(path)
             return path
+        with cache.filling(path) as tmp:
+            if tmp is not None:
+                blob_path = os.path.join(tmp, "blob")
+                with open(blob_path, "wb") as out:
+                    got = self._get(name, version, VIRTUAL_ARCHIVE, out)
+                if got != digest:
+                    raise MlflowException(
+                        f"{_what(name, version)} arrived from {self.server_uri} with SHA-256 "
+                        f"{got[:16]}…, expected {digest[:16]}…; nothing was loaded. Try again; if it "
+                        "persists, check the server's log.",
+                        error_code=DATA_LOSS,
+                    )
+                finish_entry(blob_path, tmp, name, version)
+        return path
         with cache.filling(path) as tmp:
             if tmp is not None:
                 blob_path = os.path.join(tmp, "blob")

@@ -1,0 +1,121 @@
+"""`mlflow server` as a subprocess for tests, and clients that know nothing but its address.
+
+The server runs on a free loopback port, with its log in a file the tests read; clients run in
+fresh Python processes whose environment holds the server URL and nothing of the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_pgmodels.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a log line of a failure looks like: a Python traceback or a logging record at ERROR.
+_FAILURE = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b")
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def failures(self) -> list[str]:
+        """Log lines that show an error or a traceback."""
+        return [line for line in self.log().splitlines() if _FAILURE.search(line)]
+
+
+def _wait_healthy(server: MlflowServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(server.url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.3)
+    raise RuntimeError(f"mlflow server did not answer /health in {timeout:.0f} s:\n{server.log()[-4000:]}")
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, backend_uri: str, registry_uri: str | None = None, workers: int = 1,
+                  env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    """``mlflow server`` on ``127.0.0.1:<free port>`` in ``workdir``; stopped (SIGTERM) on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if registry_uri:
+        cmd += ["--registry-store-uri", registry_uri]
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    server_env.update({
+        "MLFLOW_PGMODELS_CACHE_DIR": str(workdir / "server-cache"),
+        "MLFLOW_PGMODELS_PROGRESS": "0",
+        **(env or {}),
+    })
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "mlflow-server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=workdir, env=server_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = MlflowServer(f"http://127.0.0.1:{port}", log_path, process)
+    try:
+        _wait_healthy(server, timeout=90)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def client_env(server_url: str, cache_dir: Path) -> dict[str, str]:
+    """The whole environment of a remote client: the server URL, no database URI or credentials."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(cache_dir.parent),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),  # for tests.sample
+        "MLFLOW_TRACKING_URI": server_url,
+        "MLFLOW_PGMODELS_CACHE_DIR": str(cache_dir),
+        "MLFLOW_PGMODELS_PROGRESS": "0",
+    }
+
+
+def run_client(server_url: str, workdir: Path, script: str, *args: str, cache: str = "client-cache",
+               timeout: float = 240) -> str:
+    """Run a Python client ``script`` (with ``args`` in sys.argv) in its own process; returns its stdout."""
+    return run_command(server_url, workdir, [sys.executable, "-c", script, *args], cache=cache, timeout=timeout)
+
+
+def run_command(server_url: str, workdir: Path, cmd: list[str], cache: str = "client-cache",
+                timeout: float = 240) -> str:
+    """Run ``cmd`` as a remote client process; fails the test with its output if it fails."""
+    env = client_env(server_url, workdir / cache)
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"client {cmd[:4]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result.stdout
