@@ -365,7 +365,8 @@ class PgModelsRegistryStore(AbstractStore):
                 return parts[0], int(parts[1])
         return None
 
-    def _insert_version(self, row: dict, tags: dict, blob=None, copy_of: tuple[str, int] | None = None) -> ModelVersion:
+    def _insert_version(self, row: dict, tags: dict, blob=None, copy_of: tuple[str, int] | None = None,
+                        number: int | None = None, state: tuple | None = None) -> ModelVersion:
         name = row["name"]
         size = 0
         if blob is not None:
@@ -384,10 +385,13 @@ class PgModelsRegistryStore(AbstractStore):
             row["model_type"] = tags.pop("model_type", None) or got[1] or DEFAULT_MODEL_TYPE
             for key in COLUMN_TAGS:
                 _check_column_tag(key, row[key])
-            # the row lock on the registered model serializes registrations of one name
-            version = conn.execute(
-                "UPDATE pgm_registered_models SET next_version = next_version + 1, last_updated_at = now()"
-                " WHERE name = %s RETURNING next_version - 1", (name,)).fetchone()[0]
+            if number is not None:
+                version = number  # the models insert trigger moves next_version past it
+            else:
+                # the row lock on the registered model serializes registrations of one name
+                version = conn.execute(
+                    "UPDATE pgm_registered_models SET next_version = next_version + 1, last_updated_at = now()"
+                    " WHERE name = %s RETURNING next_version - 1", (name,)).fetchone()[0]
             if copy_of is not None:
                 src_name, src_version = copy_of
                 copied = conn.execute(
@@ -418,7 +422,36 @@ class PgModelsRegistryStore(AbstractStore):
                 conn.cursor().executemany(
                     "INSERT INTO pgm_model_version_tags (name, version, key, value) VALUES (%s, %s, %s, %s)",
                     [(name, version, k, v) for k, v in tags.items()])
+            if state is not None:
+                active, stage, user_id, created_ms = state
+                conn.execute(
+                    "UPDATE models SET is_active = %s, stage = %s, user_id = %s,"
+                    " created_at = coalesce(to_timestamp(%s::bigint / 1000.0), created_at)"
+                    " WHERE name = %s AND version = %s",
+                    (active, stage, user_id, created_ms, name, version))
             return self._get_mv(conn, name, version)
+
+    def import_model_version(self, mv: ModelVersion, local_model_path: str | None) -> ModelVersion:
+        """Insert a version copied from another MLflow registry under its own number (import-registry).
+
+        Keeps its stage (Archived: inactive), tags, description, run id, user and creation time;
+        not its LoggedModel id, which belongs to the other tracking store. Later registrations
+        continue after the highest number, so gaps from deleted versions stay gaps. A number
+        that is taken fails with RESOURCE_ALREADY_EXISTS.
+        """
+        name = _name(mv.name)
+        tags = _tags(mv.tags)
+        for key, value in tags.items():
+            _validate_model_version_tag(key, value)
+        stage = get_canonical_stage(mv.current_stage or STAGE_NONE)
+        archived = stage == STAGE_ARCHIVED
+        row = {"name": name, "description": _blank(mv.description), "source": redact(mv.source or ""),
+               "run_id": _blank(mv.run_id), "run_link": _blank(mv.run_link), "model_id": None}
+        state = (not archived, STAGE_NONE if archived else stage, _blank(mv.user_id), mv.creation_timestamp)
+        if local_model_path is None:
+            return self._insert_version(row, tags, number=_version(mv.version), state=state)
+        with archive.pack(local_model_path) as packed:
+            return self._insert_version(row, tags, blob=packed, number=_version(mv.version), state=state)
 
     def _await_model_version_creation(self, mv, await_creation_for):
         """Versions are READY when create_model_version returns: nothing to wait for."""
