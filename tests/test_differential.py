@@ -41,7 +41,7 @@ def seen(result):
     if isinstance(result, MlflowException):
         return ("error", result.error_code)
     if isinstance(result, ModelVersion):
-        return {"name": result.name, "version": int(result.version), "stage": result.current_stage,
+        return {"name": result.name, "version": result.version, "stage": result.current_stage,
                 "description": result.description or None, "run_id": result.run_id or None,
                 "status": result.status, "aliases": sorted(result.aliases),
                 "tags": {k: v for k, v in result.tags.items() if k not in COLUMN_TAGS}}
@@ -49,7 +49,7 @@ def seen(result):
         return {"name": result.name, "description": result.description or None, "tags": result.tags,
                 "aliases": {k: int(v) for k, v in result.aliases.items()},
                 # intended: latest_versions lists only the active stages (see INTENDED)
-                "latest": sorted((int(mv.version), mv.current_stage) for mv in result.latest_versions
+                "latest": sorted((mv.version, mv.current_stage) for mv in result.latest_versions
                                  if mv.current_stage != "Archived")}
     if isinstance(result, list):  # also PagedList
         return [seen(r) for r in result] + ([("next page", bool(result.token))] if hasattr(result, "token") else [])
