@@ -14,7 +14,7 @@ SCHEMA_VERSION = 1
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
 SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.
-_ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
+ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
 
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
@@ -42,7 +42,7 @@ def installed_version(conn: psycopg.Connection) -> int | None:
 def upgrade(conn: psycopg.Connection) -> None:
     """Create or upgrade the schema; safe to run at once from many processes."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         for filename in SCHEMA_FILES:
             conn.execute(read_sql(filename))
 

@@ -21,4 +21,14 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
         from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore as Store
     else:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as Store
-    return Store(to_sqlalchemy_url(store_uri), artifact_uri)
+    from mlflow_pgmodels.db import connection
+    from mlflow_pgmodels.schema import ADVISORY_LOCK_KEY
+
+    # MLflow creates and migrates its tables on first use without a lock, so processes starting
+    # together on a new database collide (duplicate alembic_version); one at a time, like ours.
+    with connection(store_uri, "prepare MLflow's tracking tables") as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            return Store(to_sqlalchemy_url(store_uri), artifact_uri)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
