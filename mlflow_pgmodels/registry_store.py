@@ -102,6 +102,17 @@ def _not_found_mv(name: str, version: Any) -> MlflowException:
     return MlflowException(f"Model Version (name={name}, version={version}) not found", RESOURCE_DOES_NOT_EXIST)
 
 
+def _no_active_version(name: str, inactive: int) -> MlflowException:
+    if not inactive:
+        return MlflowException(f"Registered model '{name}' has no active version: it has no versions at all",
+                               RESOURCE_DOES_NOT_EXIST)
+    return MlflowException(
+        f"Registered model '{name}' has no active version: all {inactive} of its versions are archived "
+        f"(models.is_active = false), so '{name}/latest' resolves to nothing. Load a version by number "
+        f"(models:/{name}/<version>) or make one active again (transition it out of Archived, or "
+        "UPDATE models SET is_active = true).", RESOURCE_DOES_NOT_EXIST)
+
+
 def _version(version: Any) -> int:
     number = _validate_model_version(version)
     if not 0 < number <= _MAX_VERSION:
@@ -302,15 +313,22 @@ class PgModelsRegistryStore(AbstractStore):
         return PagedList(models, _next_token(len(rows) > max_results, offset + max_results))
 
     def get_latest_versions(self, name, stages=None):
-        """The highest version per stage. No stages: per active stage, so ``latest`` = highest active."""
-        if not stages:
-            stages = _ACTIVE_STAGES
-        else:
-            stages = list(dict.fromkeys(get_canonical_stage(s) for s in stages))
+        """The highest version per stage. No stages: per active stage, so ``latest`` = highest active.
+
+        No stages asked for and every version inactive: an error that says so (MLflow would
+        report "no versions" when it resolves ``models:/NAME/latest``).
+        """
+        any_stage = not stages  # None from Python, [] from REST
+        stages = _ACTIVE_STAGES if any_stage else list(dict.fromkeys(get_canonical_stage(s) for s in stages))
         with self._conn(f"read latest versions of '{name}'") as conn:
             if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (name,)).fetchone():
                 raise _not_found_rm(name)
-            return self._latest_by_stage(conn, [name], stages).get(name, [])
+            latest = self._latest_by_stage(conn, [name], stages).get(name, [])
+            if not latest and any_stage:
+                inactive = conn.execute("SELECT count(*) FROM models WHERE name = %s", (name,)).fetchone()[0]
+                if inactive:
+                    raise _no_active_version(name, inactive)
+            return latest
 
     def set_registered_model_tag(self, name, tag):
         _validate_model_name(name)
@@ -602,14 +620,16 @@ class PgModelsRegistryStore(AbstractStore):
     def get_model_version_by_alias(self, name, alias):
         _validate_model_name(name)
         _validate_model_alias_name(alias)
+        if alias.lower() == "latest":
+            latest = self.get_latest_versions(name)
+            if not latest:
+                raise _no_active_version(name, 0)
+            return max(latest, key=lambda mv: int(mv.version))
         with self._conn(f"read alias '{alias}' of '{name}'") as conn:
-            if alias.lower() == "latest":
-                latest = self._latest_by_stage(conn, [name], _ACTIVE_STAGES).get(name)
-                if not latest:
-                    raise MlflowException(f"Registered model '{name}' has no active version", RESOURCE_DOES_NOT_EXIST)
-                return max(latest, key=lambda mv: int(mv.version))
             row = conn.execute("SELECT version FROM pgm_aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
             if row is None:
+                if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (name,)).fetchone():
+                    raise _not_found_rm(name)
                 raise MlflowException(f"Registered model alias {alias} not found.", INVALID_PARAMETER_VALUE)
             return self._get_mv(conn, name, row[0])
 

@@ -152,6 +152,9 @@ def sequence(src: str):
         ("set_registered_model_alias", ("missing", "champion", "1"), {}),
         ("get_model_version_by_alias", ("churn", "champion"), {}),
         ("get_model_version_by_alias", ("churn", "nobody"), {}),
+        ("get_model_version_by_alias", ("missing", "champion"), {}),
+        ("get_model_version_by_alias", ("missing", "latest"), {}),
+        ("get_model_version_by_alias", ("churn", "Latest"), {}),
         ("get_registered_model", ("churn",), {}),
         ("delete_registered_model_alias", ("churn", "challenger"), {}),
         ("delete_registered_model_alias", ("churn", "nobody"), {}),
@@ -281,6 +284,15 @@ def test_intended_latest_is_the_highest_active_version(stores, model_dir):
     assert sorted(m.current_stage for m in ours.get_registered_model("churn").latest_versions) == \
         ["None", "Production"]
     assert "Archived" in [m.current_stage for m in theirs.get_registered_model("churn").latest_versions]
+    # with every version archived there is no latest: an error that says so, not an empty list
+    # (from which MLflow would report "No versions of model with name 'churn' found")
+    for store in stores:
+        for version in ("1", "2"):
+            store.transition_model_version_stage("churn", version, "Archived", False)
+    with pytest.raises(MlflowException, match="no active version") as e:
+        ours.get_latest_versions("churn")
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert [m.current_stage for m in theirs.get_latest_versions("churn")] == ["Archived"]
 
 
 def test_intended_event_and_model_type_are_always_reported_as_tags(stores, model_dir):
