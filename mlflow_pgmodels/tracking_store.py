@@ -29,6 +29,36 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     with connection(store_uri, "prepare MLflow's tracking tables") as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
-            return Store(to_sqlalchemy_url(store_uri), artifact_uri)
+            store = Store(to_sqlalchemy_url(store_uri), artifact_uri)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
+    return store
+
+
+def _permission_errors(session_maker):
+    """MLflow's session factory, with "permission denied" as PERMISSION_DENIED (MLflow says BAD_REQUEST).
+
+    So that a read-only role (sql/roles.sql) gets the same clear error from a tracking write
+    (e.g. ``start_run``) as from a registry write.
+    """
+    import contextlib
+
+    from mlflow.exceptions import MlflowException
+    from psycopg import errors as pg_errors
+
+    from mlflow_pgmodels.db import translate_errors
+
+    @contextlib.contextmanager
+    def managed_session(*args, **kwargs):
+        try:
+            with session_maker(*args, **kwargs) as session:
+                yield session
+        except MlflowException as e:
+            original = getattr(e.__cause__, "orig", None)
+            if isinstance(original, pg_errors.InsufficientPrivilege):
+                with translate_errors("change MLflow's tracking data (runs, experiments, logged models)"):
+                    raise original from None
+            raise
+
+    return managed_session

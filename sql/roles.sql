@@ -1,10 +1,12 @@
--- Database roles for the model store. Run as a superuser or the owner of the tables, after the
--- schema exists (mlflow-pgmodels db init, or psql -f sql/create-tables.sql). Idempotent.
+-- Database roles for the model store. Run as the owner of the tables (or a superuser), after the
+-- schema exists (mlflow-pgmodels db init, or psql -f sql/create-tables.sql). Idempotent: run it
+-- again after schema upgrades.
 --   psql -d your_database -f sql/roles.sql
---   then: ALTER ROLE pgmodels_reader_login ...  (see below)
 --
--- pgmodels_reader: serving / predict jobs. Reads versions, cannot change anything.
--- pgmodels_writer: training jobs. Registers versions, changes stages, tags and aliases.
+-- pgmodels_reader: serving / predict jobs. Reads versions, runs and experiments; every write
+--                  (registry or tracking) fails with PERMISSION_DENIED and changes nothing.
+-- pgmodels_writer: training jobs and `mlflow server`. Registers versions, changes stages, tags,
+--                  aliases and descriptions, logs runs. No DDL: schema changes stay with the owner.
 -- Both are group roles (NOLOGIN): grant them to login roles, e.g.
 --   CREATE ROLE predict_job LOGIN PASSWORD '...' IN ROLE pgmodels_reader;
 --   CREATE ROLE train_job   LOGIN PASSWORD '...' IN ROLE pgmodels_writer;
@@ -27,6 +29,12 @@ GRANT USAGE ON SCHEMA public TO pgmodels_reader, pgmodels_writer;
 -- Readers: every table (MLflow's too, so runs and experiments show), no writes.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO pgmodels_reader;
 
--- Writers: read and write rows (no DDL: schema changes stay with the owner).
+-- Writers: read and write rows.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO pgmodels_writer;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO pgmodels_writer;
+
+-- The same rights on tables the role running this script creates later (MLflow migrations,
+-- pgmodels schema upgrades).
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO pgmodels_reader;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO pgmodels_writer;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO pgmodels_writer;

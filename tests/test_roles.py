@@ -1,0 +1,114 @@
+"""Database roles from sql/roles.sql: training jobs write, predict jobs only read.
+
+Real login roles with passwords, connecting over TCP, as a deployment would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+
+from mlflow_pgmodels.registry_store import PgModelsRegistryStore
+from tests import sample
+from tests.conftest import ROOT
+
+
+@dataclass
+class Login:
+    uri: str
+    password: str
+
+
+def _login(db, group: str) -> Login:
+    """A new login role in ``group`` (pgmodels_reader / pgmodels_writer) with a password."""
+    user = f"{group.split('_')[1]}_{db.name}"
+    password = f"pw-{user}-s3cret"
+    db.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {group}")
+    return Login(db.tcp_uri(user, password), password)
+
+
+@pytest.fixture
+def reader(db) -> Login:
+    db.server.psql("", db.name, str(ROOT / "sql" / "roles.sql"))
+    return _login(db, "pgmodels_reader")
+
+
+@pytest.fixture
+def writer(db, reader) -> Login:
+    return _login(db, "pgmodels_writer")
+
+
+def test_training_job_registers_and_predict_job_loads(db, writer, reader):
+    mlflow.set_tracking_uri(writer.uri)
+    sample.log(sample.regressor(3.0), "churn")
+    mlflow.MlflowClient().set_registered_model_alias("churn", "champion", 1)
+
+    mlflow.set_tracking_uri(reader.uri)
+    model = mlflow.pyfunc.load_model("models:/churn@champion")
+    assert model.predict(sample.X[:1])[0] == pytest.approx(3.0 * sample.X[0, 0])
+    assert [m.name for m in mlflow.MlflowClient().search_registered_models()] == ["churn"]
+    assert db.sql("SELECT name, version FROM models") == [("churn", 1)]
+
+
+def _state(db) -> list:
+    """Everything a write could change (without the blobs themselves)."""
+    return [db.sql(q) for q in (
+        "SELECT name, version, is_active, stage, description, event, model_type, sha256, last_updated_at"
+        " FROM models ORDER BY name, version",
+        "SELECT * FROM pgm_registered_models ORDER BY name",
+        "SELECT * FROM pgm_registered_model_tags ORDER BY name, key",
+        "SELECT * FROM pgm_model_version_tags ORDER BY name, version, key",
+        "SELECT * FROM pgm_aliases ORDER BY name, alias",
+        "SELECT run_uuid, status, lifecycle_stage FROM runs ORDER BY run_uuid",
+        "SELECT count(*) FROM logged_models",
+    )]
+
+
+def test_predict_job_cannot_change_anything(db, reader, tmp_path):
+    mlflow.set_tracking_uri(db.uri)
+    sample.log(sample.classifier(1), "churn")
+    mlflow.MlflowClient().set_registered_model_alias("churn", "champion", 1)
+    before = _state(db)
+
+    mlflow.set_tracking_uri(reader.uri)
+    client = mlflow.MlflowClient()
+    model_dir = sample.saved(tmp_path / "model")
+    writes = {
+        "log a model": lambda: sample.log(sample.classifier(2), "churn"),
+        "register a version": lambda: client.create_model_version("churn", model_dir),
+        "create a registered model": lambda: client.create_registered_model("fraud"),
+        "rename a model": lambda: client.rename_registered_model("churn", "attrition"),
+        "describe a model": lambda: client.update_registered_model("churn", "new text"),
+        "tag a model": lambda: client.set_registered_model_tag("churn", "team", "x"),
+        "describe a version": lambda: client.update_model_version("churn", "1", "new text"),
+        "archive a version": lambda: client.transition_model_version_stage("churn", "1", "Archived"),
+        "set the event column": lambda: client.set_model_version_tag("churn", "1", "event", "promo"),
+        "tag a version": lambda: client.set_model_version_tag("churn", "1", "reviewed", "yes"),
+        "move an alias": lambda: client.set_registered_model_alias("churn", "canary", "1"),
+        "delete an alias": lambda: client.delete_registered_model_alias("churn", "champion"),
+        "delete a version": lambda: client.delete_model_version("churn", "1"),
+        "delete a model": lambda: client.delete_registered_model("churn"),
+    }
+    for what, write in writes.items():
+        with pytest.raises(MlflowException) as e:
+            write()
+        assert e.value.error_code == "PERMISSION_DENIED", f"{what}: {e.value.message}"
+        assert "sql/roles.sql" in e.value.message and reader.password not in e.value.message, what
+
+    assert _state(db) == before
+    # and reading still works with the same role
+    assert mlflow.pyfunc.load_model("models:/churn/latest").predict(sample.X[:2]) is not None
+
+
+def test_reader_on_a_database_without_the_schema_gets_a_clear_error(empty_db):
+    empty_db.server.psql("", empty_db.name, str(ROOT / "sql" / "roles.sql"))
+    login = _login(empty_db, "pgmodels_reader")
+
+    with pytest.raises(MlflowException) as e:
+        PgModelsRegistryStore(login.uri)  # what MLflow builds for registry_uri=login.uri
+    assert e.value.error_code == "PERMISSION_DENIED"
+    assert "create the pgmodels schema" in e.value.message and login.password not in e.value.message
+    assert empty_db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
