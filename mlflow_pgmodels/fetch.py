@@ -17,14 +17,30 @@ from mlflow_pgmodels.schema import ensure_schema
 
 @dataclass(frozen=True)
 class BlobInfo:
-    digest: str          # SHA-256 (hex): stored, or computed for rows written by other code
+    digest: str | None   # SHA-256 (hex): stored, or computed for rows written by other code (None: not asked)
     stored_digest: bool  # whether ``digest`` was recorded at registration (and can be verified)
     size: int            # bytes in model_binary now
     recorded_size: int | None
+    row_key: str = ""    # the row's id and xmin: changes whenever the row is written
+
+    @property
+    def cache_key(self) -> str:
+        """What a cache entry of this version is keyed by besides name and version.
+
+        The recorded SHA-256; for rows written by other code (no digest recorded) the row's
+        identity, which any UPDATE or re-INSERT changes, so that the key never needs the bytes.
+        """
+        return self.digest if self.stored_digest else f"row{self.row_key}"
 
 
 def _what(name: str, version: int) -> str:
     return f"Model '{name}' version {version}"
+
+
+def _write_meta(model: str, name: str, version: int) -> None:
+    # What MLflow's models:/ repository writes on every load, written once here
+    with open(os.path.join(model, "registered_model_meta"), "w") as f:
+        f.write(f"model_name: {name!r}\nmodel_version: '{version}'\n")
 
 
 def finish_entry(blob_path: str, tmp_dir: str, name: str, version: int) -> None:
@@ -36,10 +52,46 @@ def finish_entry(blob_path: str, tmp_dir: str, name: str, version: int) -> None:
         archive.unpack(blob_path, model, _what(name, version))
     else:
         archive.write_legacy_model_dir(blob_path, model)
-    # What MLflow's models:/ repository writes on every load, written once here
-    with open(os.path.join(model, "registered_model_meta"), "w") as f:
-        f.write(f"model_name: {name!r}\nmodel_version: '{version}'\n")
+    _write_meta(model, name, version)
     os.remove(blob_path)
+
+
+class _ModelSink:
+    """Receives a version's bytes in order: a zip is extracted as it arrives, anything else spills to a file."""
+
+    def __init__(self, tmp_dir: str, name: str, version: int) -> None:
+        self.model = os.path.join(tmp_dir, "model")
+        self.blob_path = os.path.join(tmp_dir, "blob")
+        self.name, self.version = name, version
+        self._target = None
+
+    def write(self, data: bytes) -> None:
+        if self._target is None:
+            if data[:4] == archive.ZIP_MAGIC:
+                self._target = archive.StreamingUnzip(self.model, _what(self.name, self.version))
+            else:
+                self._target = open(self.blob_path, "wb")
+        self._target.write(data)
+
+    def finish(self) -> None:
+        """Complete ``<tmp_dir>/model`` once every byte arrived and was verified."""
+        if isinstance(self._target, archive.StreamingUnzip):
+            self._target.close()
+            _write_meta(self.model, self.name, self.version)
+            return
+        if self._target is None:
+            self._target = open(self.blob_path, "wb")
+        self._target.close()
+        finish_entry(self.blob_path, os.path.dirname(self.model), self.name, self.version)
+
+    def discard(self) -> None:
+        if isinstance(self._target, archive.StreamingUnzip):
+            self._target.abort()
+        elif self._target is not None:
+            self._target.close()
+        shutil.rmtree(self.model, ignore_errors=True)
+        if os.path.exists(self.blob_path):
+            os.remove(self.blob_path)
 
 
 class DatabaseSource:
@@ -49,33 +101,47 @@ class DatabaseSource:
         self.uri = uri
         ensure_schema(uri)
 
-    def metadata(self, name: str, version: int) -> BlobInfo:
-        """Digest and size of a version, from one small query that does not read the bytes."""
+    def metadata(self, name: str, version: int, compute_digest: bool = True) -> BlobInfo:
+        """Digest and size of a version, from one small query.
+
+        It reads no byte of ``model_binary``, except to compute the digest of a row written by
+        other code (no digest recorded) when ``compute_digest`` is true.
+        """
+        computed = "CASE WHEN sha256 IS NULL THEN encode(sha256(model_binary), 'hex') END" if compute_digest else "NULL"
         with connection(self.uri, f"read model '{name}' version {version}") as conn:
             row = conn.execute(
-                "SELECT sha256, octet_length(model_binary), size_bytes,"
-                " CASE WHEN sha256 IS NULL THEN encode(sha256(model_binary), 'hex') END"
+                f"SELECT sha256, octet_length(model_binary), size_bytes, {computed}, id || 'x' || xmin"
                 " FROM models WHERE name = %s AND version = %s",
                 (name, version),
             ).fetchone()
         if row is None:
             raise MlflowException(f"{_what(name, version)} not found in the model database",
                                   error_code=RESOURCE_DOES_NOT_EXIST)
-        stored, size, recorded, computed = row
-        return BlobInfo(stored or computed, stored is not None, size, recorded)
+        stored, size, recorded, computed, row_key = row
+        return BlobInfo(stored or computed, stored is not None, size, recorded, row_key)
 
     def materialize(self, name: str, version: int) -> str:
-        """The cache directory of this version, downloading and verifying it first if needed."""
-        info = self.metadata(name, version)
-        path = cache.entry_path(name, version, info.digest)
+        """The cache directory of this version, downloading and verifying it first if needed.
+
+        A cached version costs one small query; a new one streams into the cache without the
+        archive ever being written to disk (see :class:`archive.StreamingUnzip`).
+        """
+        info = self.metadata(name, version, compute_digest=False)
+        path = cache.entry_path(name, version, info.cache_key)
         if os.path.isdir(path):
             cache.touch(path)
             return path
         with cache.filling(path) as tmp:
             if tmp is not None:
-                blob_path = os.path.join(tmp, "blob")
-                self._download(name, version, info, blob_path)
-                finish_entry(blob_path, tmp, name, version)
+                sink = _ModelSink(tmp, name, version)
+                try:
+                    self._read(name, version, info, sink)
+                    sink.finish()
+                except archive.NotStreamable:  # a zip made by other tools: through a file
+                    sink.discard()
+                    blob_path = os.path.join(tmp, "blob")
+                    self._download(name, version, info, blob_path)
+                    finish_entry(blob_path, tmp, name, version)
         return path
 
     def write_archive(self, name: str, version: int, out_path: str) -> None:
@@ -83,17 +149,26 @@ class DatabaseSource:
         self._download(name, version, self.metadata(name, version), out_path)
 
     def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> None:
+        try:
+            with open(out_path, "wb") as out:
+                self._read(name, version, info, out)
+        except BaseException:
+            os.remove(out_path)
+            raise
+
+    def _read(self, name: str, version: int, info: BlobInfo, out) -> None:
+        """Stream ``model_binary`` into ``out``; DATA_LOSS if it is not what was registered."""
         what = _what(name, version)
-        with open(out_path, "wb") as out, connection(self.uri, f"read {what}") as conn:
+        with connection(self.uri, f"read {what}") as conn:
             digest, got = read_blob(conn, name, version, info.size, out,
                                     progress=f"Downloading {name} v{version}")
         expected_size = info.recorded_size if info.recorded_size is not None else info.size
         if got != expected_size or (info.stored_digest and digest != info.digest):
-            os.remove(out_path)
             raise MlflowException(
                 f"{what} is corrupt in the database: model_binary has {got} bytes with SHA-256 "
-                f"{digest[:16]}…, but {expected_size} bytes with SHA-256 {info.digest[:16]}… were "
-                "registered. Nothing was loaded. Restore the row from a backup or register the "
+                f"{digest[:16]}…, but {expected_size} bytes"
+                + (f" with SHA-256 {info.digest[:16]}…" if info.stored_digest else "") +
+                " were registered. Nothing was loaded. Restore the row from a backup or register the "
                 "model again.",
                 error_code=DATA_LOSS,
             )
