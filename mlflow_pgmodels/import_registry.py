@@ -14,6 +14,7 @@ conflict and not touched.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -117,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MlflowException.invalid_parameter_value(
             "--from is a pgmodels:// URI: give the URI of the MLflow registry to copy from "
             "(e.g. sqlite:///mlflow.db, postgresql://..., http://mlflow-server:5000)")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per version is noise
     counts = import_registry(args.source, uri)
     print(f"{counts['versions']} versions imported, {counts['models']} registered models created, "
           f"{counts['aliases']} aliases and {counts['tags']} model tags set, {counts['skipped']} versions "

@@ -40,10 +40,12 @@ def test_save_then_load_latest_and_a_given_version(db):
 
 def test_saved_versions_are_ordinary_mlflow_versions(client, db):
     model = sample.regressor(4.0)
-    save_model_to_db(model, "my_model", "event_name", "regression", uri=db.uri)
+    with mlflow.start_run() as run:
+        save_model_to_db(model, "my_model", "event_name", "regression", uri=db.uri)
 
     mv = client.get_model_version("my_model", "1")
     assert (mv.tags["event"], mv.tags["model_type"]) == ("event_name", "regression")
+    assert mv.run_id == run.info.run_id
     loaded = mlflow.pyfunc.load_model("models:/my_model/latest")
     assert loaded.predict(sample.X[:1])[0] == pytest.approx(_prediction(model))
     assert db.sql("SELECT name, version, event, model_type, is_active FROM models") == [

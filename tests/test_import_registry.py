@@ -36,19 +36,19 @@ def stock_registry(tmp_path_factory):
         client.update_model_version("churn", "3", description="retrained on March data")
         client.set_model_version_tag("churn", "3", "reviewed", "yes")
         client.set_registered_model_alias("churn", "champion", "3")
-        runs = {(mv.name, int(mv.version)): mv.run_id for mv in client.search_model_versions()}
+        versions = {(mv.name, int(mv.version)): mv for mv in client.search_model_versions()}
     finally:
         mlflow.set_tracking_uri(None)
         os.chdir(cwd)
-    return base / "mlflow.db", runs
+    return base / "mlflow.db", versions
 
 
 @pytest.fixture
 def source(stock_registry, tmp_path):
     """A private copy of the stock registry (artifacts stay shared; they are only read)."""
-    db_file, runs = stock_registry
+    db_file, versions = stock_registry
     shutil.copy(db_file, tmp_path / "source.db")
-    return f"sqlite:///{tmp_path}/source.db", runs
+    return f"sqlite:///{tmp_path}/source.db", versions
 
 
 def _import(capsys, source_uri, uri):
@@ -57,7 +57,7 @@ def _import(capsys, source_uri, uri):
 
 
 def test_import_keeps_numbers_stages_aliases_tags_and_runs(client, db, source, capsys):
-    source_uri, runs = source
+    source_uri, stock = source
     code, out = _import(capsys, source_uri, db.uri)
 
     assert code == 0, out
@@ -72,9 +72,11 @@ def test_import_keeps_numbers_stages_aliases_tags_and_runs(client, db, source, c
     assert churn.tags == {"team": "growth"}
     assert {alias: int(v) for alias, v in churn.aliases.items()} == {"champion": 3}
     v3 = client.get_model_version("churn", "3")
-    assert (v3.description, v3.tags["reviewed"], v3.run_id) == ("retrained on March data", "yes", runs["churn", 3])
+    assert (v3.description, v3.tags["reviewed"], v3.run_id) == ("retrained on March data", "yes",
+                                                                 stock["churn", 3].run_id)
+    assert v3.creation_timestamp == stock["churn", 3].creation_timestamp
     assert client.get_model_version("churn", "1").current_stage == "Archived"
-    assert client.get_model_version("price", "1").run_id == runs["price", 1]
+    assert client.get_model_version("price", "1").run_id == stock["price", 1].run_id
 
 
 def test_imported_versions_load_and_numbering_continues_after_the_gap(client, db, source, capsys):
