@@ -98,6 +98,8 @@ def imported_digests(uri: str) -> dict[tuple[str, str, str, str], int]:
     from mlflow_pgmodels.db import connection
 
     with connection(uri, "read imported versions") as conn:
+        if conn.execute("SELECT to_regclass('pgm_model_version_tags')").fetchone()[0] is None:
+            return {}  # a database the store has not been used on yet
         rows = conn.execute(
             "SELECT m.name, m.event, m.model_type, t.value, m.version FROM pgm_model_version_tags t"
             " JOIN models m ON m.name = t.name AND m.version = t.version WHERE t.key = %s", (SHA256_TAG,)).fetchall()
@@ -132,7 +134,7 @@ def migrate(directory: str, pattern: str, uri: str, event: str | None = None, mo
 
     out = out or sys.stdout
     candidates = find_candidates(directory, pattern, event, model_type)
-    store = PgModelsRegistryStore(uri)
+    store = None if dry_run else PgModelsRegistryStore(uri)  # a dry run creates no tables either
     done = imported_digests(uri)
     counts = {"imported": 0, "skipped": 0, "failed": 0}
     verb = "would import" if dry_run else "imported"

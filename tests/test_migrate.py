@@ -96,15 +96,15 @@ def test_event_and_model_type_from_options_when_the_pattern_lacks_them(db, tmp_p
         ("price", "cpi", "regression"), ("volume", "cpi", "regression")]
 
 
-def test_dry_run_writes_nothing(db, model_dir):
+def test_dry_run_writes_nothing_not_even_the_schema(empty_db, model_dir):
     result = subprocess.run(
         [sys.executable, "-m", "mlflow_pgmodels.cli", "migrate", str(model_dir), "--pattern", PATTERN, "--dry-run"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": db.uri}, capture_output=True, text=True, timeout=120)
+        env={**os.environ, "MLFLOW_TRACKING_URI": empty_db.uri}, capture_output=True, text=True, timeout=120)
 
     assert result.returncode == 1, result.stderr
     assert "would import cpi/price_regression.joblib -> price (event cpi, model_type regression)" in result.stdout
     assert "3 would be imported, 0 skipped (already imported), 2 failed" in result.stdout
-    assert db.sql("SELECT count(*) FROM models") == [(0,)]
+    assert empty_db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
 @pytest.mark.parametrize("path, expected", [
