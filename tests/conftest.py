@@ -67,6 +67,15 @@ class Database:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
 
+    def login_role(self, group: str) -> tuple[str, str]:
+        """(user, password) of a new login role in ``group`` (pgmodels_reader or pgmodels_writer),
+        after sql/roles.sql has set up the groups' rights in this database."""
+        self.server.psql("", self.name, str(ROOT / "sql" / "roles.sql"))
+        user = f"{group.removeprefix('pgmodels_')}_{self.name}_{next(_counter)}"
+        password = f"pw-{user}-s3cret"
+        self.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {group}")
+        return user, password
+
 
 def make_database(pg: EmbeddedPostgres, template: str = TEMPLATE) -> Database:
     name = f"t{os.getpid()}_{next(_counter)}"

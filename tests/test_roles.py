@@ -13,7 +13,6 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample
-from tests.conftest import ROOT
 
 
 @dataclass
@@ -23,21 +22,17 @@ class Login:
 
 
 def _login(db, group: str) -> Login:
-    """A new login role in ``group`` (pgmodels_reader / pgmodels_writer) with a password."""
-    user = f"{group.split('_')[1]}_{db.name}"
-    password = f"pw-{user}-s3cret"
-    db.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {group}")
+    user, password = db.login_role(group)
     return Login(db.tcp_uri(user, password), password)
 
 
 @pytest.fixture
 def reader(db) -> Login:
-    db.server.psql("", db.name, str(ROOT / "sql" / "roles.sql"))
     return _login(db, "pgmodels_reader")
 
 
 @pytest.fixture
-def writer(db, reader) -> Login:
+def writer(db) -> Login:
     return _login(db, "pgmodels_writer")
 
 
@@ -104,7 +99,6 @@ def test_predict_job_cannot_change_anything(db, reader, tmp_path):
 
 
 def test_reader_on_a_database_without_the_schema_gets_a_clear_error(empty_db):
-    empty_db.server.psql("", empty_db.name, str(ROOT / "sql" / "roles.sql"))
     login = _login(empty_db, "pgmodels_reader")
 
     with pytest.raises(MlflowException) as e:

@@ -38,8 +38,12 @@ def _write_input_csv(path) -> None:
 
 
 def test_remote_client_registers_and_loads_through_the_server(db, tmp_path):
-    with mlflow_server(tmp_path / "server", db.uri) as server:
-        out = json.loads(run_client(server.url, tmp_path, REGISTER_AND_LOAD, "2", "7").splitlines()[-1])
+    # the server logs in as a writer role (sql/roles.sql), its password in PGPASSWORD, not in the URI
+    user, password = db.login_role("pgmodels_writer")
+    backend = f"pgmodels://{user}@127.0.0.1:{db.server.port}/{db.name}"
+    with mlflow_server(tmp_path / "server", backend, env={"PGPASSWORD": password}) as server:
+        client_out = run_client(server.url, tmp_path, REGISTER_AND_LOAD, "2", "7")
+        out = json.loads(client_out.splitlines()[-1])
 
         assert out["versions"] == [1, 2]
         assert out["latest"] == pytest.approx(_expected(7.0))
@@ -56,6 +60,7 @@ def test_remote_client_registers_and_loads_through_the_server(db, tmp_path):
         assert json.loads(predicted.splitlines()[-1])["predictions"] == pytest.approx(_expected(7.0))
 
     assert server.failures() == []
+    assert password not in server.log() + client_out + predicted
 
 
 def test_sql_tracking_store_with_pgmodels_registry(db, tmp_path):
