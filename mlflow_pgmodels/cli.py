@@ -31,7 +31,7 @@ def resolve_uri(uri: str | None) -> str:
 
 def _db(args: argparse.Namespace) -> int:
     from mlflow_pgmodels.db import connection
-    from mlflow_pgmodels.schema import SCHEMA_VERSION, installed_version, upgrade
+    from mlflow_pgmodels.schema import SCHEMA_VERSION, upgrade
     from mlflow_pgmodels.tracking_store import build_tracking_store
 
     uri = resolve_uri(args.uri)
@@ -39,8 +39,7 @@ def _db(args: argparse.Namespace) -> int:
         # MLflow's tables first: `mlflow db upgrade` refuses a database that has only ours
         build_tracking_store(uri, artifact_uri=os.environ.get("MLFLOW_ARTIFACT_ROOT"))
     with connection(uri, f"{args.action} the pgmodels schema") as conn:
-        before = installed_version(conn)
-        upgrade(conn)
+        before = upgrade(conn)
     print(f"pgmodels schema at version {SCHEMA_VERSION} (was {before or 'absent'}) in {redact(uri)}")
     return 0
 

@@ -39,12 +39,17 @@ def installed_version(conn: psycopg.Connection) -> int | None:
     return conn.execute("SELECT schema_version FROM pgm_schema_info").fetchone()[0]
 
 
-def upgrade(conn: psycopg.Connection) -> None:
-    """Create or upgrade the schema; safe to run at once from many processes."""
+def upgrade(conn: psycopg.Connection) -> int | None:
+    """Create or upgrade the schema; safe to run at once from many processes.
+
+    Returns the version that was there before (None: no schema), as seen under the lock.
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        before = installed_version(conn)
         for filename in SCHEMA_FILES:
             conn.execute(read_sql(filename))
+    return before
 
 
 def ensure_schema(uri: str) -> None:
