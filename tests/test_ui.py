@@ -142,6 +142,18 @@ def test_description_and_tag_edited_on_the_version_page_are_in_the_database(regi
         ("Retrained on the March data", "black-friday")]
 
 
+def test_version_deleted_on_its_page_leaves_the_database(registry, browser):
+    db, server = registry
+    page = open_page(browser, server.url + "/#/models/price-forecast/versions/2", "Version 2")
+
+    page.get_by_test_id("overflow-menu-trigger").click()
+    page.get_by_role("menuitem", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    page.wait_for_url("**/#/models/price-forecast")
+
+    assert db.sql("SELECT version FROM models WHERE name = 'price-forecast'") == [(1,)]
+
+
 def test_screenshots_of_the_three_pages(registry, browser, tmp_path):
     _, server = registry
     shots = screenshots(server.url, tmp_path, browser)
