@@ -33,8 +33,8 @@ from mlflow.entities.model_registry.model_version_stages import (
 from mlflow.exceptions import MlflowException
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from mlflow.protos.databricks_pb2 import (
-    FEATURE_DISABLED,
     INVALID_PARAMETER_VALUE,
+    NOT_IMPLEMENTED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
 )
@@ -641,7 +641,8 @@ class PgModelsRegistryStore(AbstractStore):
         return PagedList([], None)
 
     def _no_webhooks(self, *args, **kwargs):
-        raise MlflowException("Webhooks are not supported by the pgmodels registry store", FEATURE_DISABLED)
+        # NOT_IMPLEMENTED is HTTP 501, which MLflow's REST client does not retry (500 it would)
+        raise MlflowException("Webhooks are not supported by the pgmodels registry store", NOT_IMPLEMENTED)
 
     create_webhook = get_webhook = update_webhook = delete_webhook = test_webhook = _no_webhooks
 
