@@ -10,8 +10,11 @@ import json
 import subprocess
 import sys
 
+import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 
+from mlflow_pgmodels import cache
 from tests import sample
 from tests.mlflow_server import client_env, mlflow_server, run_client, run_command
 
@@ -78,15 +81,25 @@ except mlflow.MlflowException as e:
 """
         lines = run_client(server.url, tmp_path, script, "4", "6").splitlines()
 
-    latest, champion, missing = json.loads(lines[-3]), json.loads(lines[-2]), json.loads(lines[-1])
-    assert latest["versions"] == [1, 2]
-    assert champion == pytest.approx(_expected(4.0))
-    assert missing[0] == "RESOURCE_DOES_NOT_EXIST" and "version=9" in missing[1]
-    assert db.sql("SELECT alias, version FROM pgm_aliases") == [("champion", 1)]
-    # runs went to MLflow's own tables, versions to models
-    assert db.sql("SELECT count(*) FROM runs") == [(2,)]
-    assert db.sql("SELECT count(*) FROM models") == [(2,)]
-    assert server.failures() == []
+        latest, champion, missing = json.loads(lines[-3]), json.loads(lines[-2]), json.loads(lines[-1])
+        assert latest["versions"] == [1, 2]
+        assert champion == pytest.approx(_expected(4.0))
+        assert missing[0] == "RESOURCE_DOES_NOT_EXIST" and "version=9" in missing[1]
+        assert db.sql("SELECT alias, version FROM pgm_aliases") == [("champion", 1)]
+        # runs went to MLflow's own tables, versions to models
+        assert db.sql("SELECT count(*) FROM runs") == [(2,)]
+        assert db.sql("SELECT count(*) FROM models") == [(2,)]
+        assert server.failures() == []
+
+        # a row damaged in the database: the remote load stops at once with DATA_LOSS
+        db.sql("UPDATE models SET model_binary = overlay(model_binary PLACING '\\x00'::bytea FROM 200)"
+               " WHERE version = 1")
+        mlflow.set_tracking_uri(server.url)  # this test process, as one more remote client
+        with pytest.raises(MlflowException) as e:
+            mlflow.pyfunc.load_model("models:/churn@champion")
+        assert e.value.error_code == "DATA_LOSS" and "corrupt" in e.value.message
+        assert not list(cache.entries())
+        assert "Traceback" not in server.log()
 
 
 CONCURRENT_CLIENT = """
