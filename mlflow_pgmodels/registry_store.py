@@ -666,6 +666,8 @@ def _clause(clause: dict, columns: dict[str, str], tag_from: str, tag_columns: d
         if op not in _SQL_OPS:
             raise MlflowException.invalid_parameter_value(f"Invalid comparator '{op}' for attribute '{key}'")
         if key == "version_number":
+            if op in ("LIKE", "ILIKE"):
+                raise MlflowException.invalid_parameter_value(f"Invalid comparator '{op}' for version_number")
             return f"{column} {_SQL_OPS[op]} %s", [_version_in_filter(value)]
         return f"{column} {_SQL_OPS[op]} %s", [value]
     if kind == "tag":
