@@ -4,6 +4,12 @@ The seed's helper functions (``save_model_to_db`` …, see helpers.py) are expor
 imported on first use, because MLflow loads this package while ``import mlflow`` runs.
 """
 
+# MLflow first, whatever module of this package is imported first: importing mlflow loads our
+# entry points (artifact_repo, tracking_store), and a module that is itself half-imported at that
+# moment (``import mlflow_pgmodels.uri`` as a program's first import) would fail to register, with
+# only a warning. When mlflow is the one importing us, this gets its half-built module: harmless.
+import mlflow  # noqa: F401  (importing it is the point)
+
 __version__ = "0.1.0"
 
 _HELPERS = ("save_model_to_db", "load_model_from_db", "get_latest_model_version", "deactivate_model",

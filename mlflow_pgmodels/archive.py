@@ -192,7 +192,14 @@ class StreamingUnzip:
             raise _clash(self.what, name, e) from None
 
     def _emit(self, data) -> None:
-        self._write(self._inflate.decompress(data) if self._inflate is not None else data)
+        self._write(self._inflate_or_raise(self._inflate.decompress, data) if self._inflate is not None else data)
+
+    def _inflate_or_raise(self, step, *args) -> bytes:
+        try:
+            return step(*args)
+        except zlib.error as e:  # damaged deflate data: as clear as a CRC mismatch
+            raise MlflowException(f"{self.what}: file {self._name!r} in its zip is corrupt ({e})",
+                                  error_code=DATA_LOSS) from None
 
     def _write(self, data) -> None:
         if self._file is not None and data:
@@ -201,7 +208,7 @@ class StreamingUnzip:
 
     def _close_entry(self) -> None:
         if self._inflate is not None:
-            self._write(self._inflate.flush())
+            self._write(self._inflate_or_raise(self._inflate.flush))
         if self._file is not None:
             self._file.close()
             self.entries += 1

@@ -172,3 +172,15 @@ def test_the_wheel_ships_the_sql_files_and_finds_them(tmp_path):
     assert found.returncode == 0, found.stderr
     sql_dir, length = found.stdout.split()
     assert Path(sql_dir) == tmp_path / "site" / "mlflow_pgmodels" / "sql" and int(length) > 1000
+
+
+@pytest.mark.parametrize("first_import", ["mlflow_pgmodels.uri", "mlflow_pgmodels.artifact_repo"])
+def test_the_schemes_register_whichever_module_a_program_imports_first(first_import):
+    check = (f"import warnings; warnings.simplefilter('error', UserWarning); import {first_import}; "
+             "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository; "
+             "from mlflow.tracking._tracking_service.utils import _tracking_store_registry; "
+             "print(type(get_artifact_repository('pgmodels:/churn/1')).__name__, "
+             "_tracking_store_registry.get_store_builder('pgmodels://x/y').__name__)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["PgModelsArtifactRepository", "build_tracking_store"]
