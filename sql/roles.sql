@@ -20,9 +20,13 @@ BEGIN
     END IF;
 END $$;
 
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it (needs the
+-- database's owner: a table owner who is not gets a notice instead of an error).
 DO $$
 BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO pgmodels_reader, pgmodels_writer', current_database());
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'CONNECT on this database not granted (not its owner); PUBLIC has it unless revoked';
 END $$;
 GRANT USAGE ON SCHEMA public TO pgmodels_reader, pgmodels_writer;
 

@@ -18,6 +18,8 @@ from tests.mlflow_server import mlflow_server
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect  # noqa: E402
 
+expect.set_options(timeout=20_000)  # a loaded CI machine can take a while to re-render
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"),
@@ -41,10 +43,6 @@ def registry(pg, tmp_path_factory):
 def browser():
     with chromium() as context:
         yield context
-
-
-def _names_in_table(page) -> list[str]:
-    return [row.get_by_role("cell").first.inner_text().strip() for row in page.get_by_role("row").all()[1:]]
 
 
 def _expect_names(page, names: list[str]) -> None:
