@@ -68,7 +68,7 @@ DEFAULT_EVENT = "default"
 DEFAULT_MODEL_TYPE = "unspecified"
 _DEFAULTS = {"event": DEFAULT_EVENT, "model_type": DEFAULT_MODEL_TYPE}
 _MAX_NAME = 255
-_MAX_VERSION = 2**31 - 1
+_MAX_VERSION = 2**31 - 1  # models.version is an INTEGER
 
 _STAGE_SQL = "CASE WHEN m.is_active IS FALSE THEN 'Archived' ELSE m.stage END"
 _MS = "(extract(epoch FROM {})*1000)::bigint"
@@ -114,6 +114,7 @@ def _no_active_version(name: str, inactive: int) -> MlflowException:
 
 
 def _version(version: Any) -> int:
+    """A version number as int (str from REST, int from Python), refused unless 1 … 2**31-1."""
     number = _validate_model_version(version)
     if not 0 < number <= _MAX_VERSION:
         raise MlflowException.invalid_parameter_value(
@@ -256,6 +257,7 @@ class PgModelsRegistryStore(AbstractStore):
             return self._get_rm(conn, name)
 
     def update_registered_model(self, name, description, deployment_job_id=None):
+        _validate_model_name(name)
         with self._conn(f"update registered model '{name}'") as conn, conn.transaction():
             if conn.execute(
                 "UPDATE pgm_registered_models SET description = %s, last_updated_at = now() WHERE name = %s",
@@ -265,6 +267,7 @@ class PgModelsRegistryStore(AbstractStore):
             return self._get_rm(conn, name)
 
     def rename_registered_model(self, name, new_name):
+        _validate_model_name(name)
         _validate_model_renaming(new_name)
         new_name = _name(new_name)
         with self._conn(f"rename registered model '{name}'") as conn, conn.transaction():
@@ -280,11 +283,13 @@ class PgModelsRegistryStore(AbstractStore):
             return self._get_rm(conn, new_name)
 
     def delete_registered_model(self, name):
+        _validate_model_name(name)
         with self._conn(f"delete registered model '{name}'") as conn:
             if conn.execute("DELETE FROM pgm_registered_models WHERE name = %s", (name,)).rowcount == 0:
                 raise _not_found_rm(name)
 
     def get_registered_model(self, name):
+        _validate_model_name(name)
         with self._conn(f"read registered model '{name}'") as conn:
             return self._get_rm(conn, name)
 
@@ -318,6 +323,7 @@ class PgModelsRegistryStore(AbstractStore):
         No stages asked for and every version inactive: an error that says so (MLflow would
         report "no versions" when it resolves ``models:/NAME/latest``).
         """
+        _validate_model_name(name)
         any_stage = not stages  # None from Python, [] from REST
         stages = _ACTIVE_STAGES if any_stage else list(dict.fromkeys(get_canonical_stage(s) for s in stages))
         with self._conn(f"read latest versions of '{name}'") as conn:
@@ -475,6 +481,7 @@ class PgModelsRegistryStore(AbstractStore):
         """Versions are READY when create_model_version returns: nothing to wait for."""
 
     def update_model_version(self, name, version, description):
+        _validate_model_name(name)
         version = _version(version)
         with self._conn(f"update model '{name}' version {version}") as conn, conn.transaction():
             if conn.execute(
@@ -485,6 +492,7 @@ class PgModelsRegistryStore(AbstractStore):
             return self._get_mv(conn, name, version)
 
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions):
+        _validate_model_name(name)
         version = _version(version)
         stage = get_canonical_stage(stage)
         if archive_existing_versions and stage not in DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS:
@@ -513,6 +521,7 @@ class PgModelsRegistryStore(AbstractStore):
 
     def delete_model_version(self, name, version):
         """Deletes the row; its number is not given out again (the counter stays where it is)."""
+        _validate_model_name(name)
         version = _version(version)
         with self._conn(f"delete model '{name}' version {version}") as conn, conn.transaction():
             if conn.execute("DELETE FROM models WHERE name = %s AND version = %s", (name, version)).rowcount == 0:
@@ -520,11 +529,13 @@ class PgModelsRegistryStore(AbstractStore):
             self._touch_rm(conn, name)
 
     def get_model_version(self, name, version):
+        _validate_model_name(name)
         version = _version(version)
         with self._conn(f"read model '{name}' version {version}") as conn:
             return self._get_mv(conn, name, version)
 
     def get_model_version_download_uri(self, name, version):
+        _validate_model_name(name)
         version = _version(version)
         with self._conn(f"read model '{name}' version {version}") as conn:
             if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, version)).fetchone():

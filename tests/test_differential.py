@@ -70,6 +70,14 @@ DIFFERENT_ON_PURPOSE = {
     # MLflow's filter parser crashes (ValueError, an HTTP 500) on IS NULL; here it is a bad request
     ("search_registered_models", ("tags.team IS NULL",)): (
         ("error", "INVALID_PARAMETER_VALUE"), ("crash", "ValueError")),
+    # versions are whole numbers from 1 to 2**31-1 (models.version is an INTEGER): anything else is
+    # refused as invalid. MLflow looks 0 and -1 up (not found) and passes on PostgreSQL's "integer
+    # out of range" as BAD_REQUEST
+    ("get_model_version", ("churn", "0")): (("error", "INVALID_PARAMETER_VALUE"), ("error", "RESOURCE_DOES_NOT_EXIST")),
+    ("get_model_version", ("churn", "-1")): (("error", "INVALID_PARAMETER_VALUE"), ("error", "RESOURCE_DOES_NOT_EXIST")),
+    ("get_model_version", ("churn", str(2**31))): (("error", "INVALID_PARAMETER_VALUE"), ("error", "BAD_REQUEST")),
+    ("set_registered_model_alias", ("churn", "big", 2**40)): (
+        ("error", "INVALID_PARAMETER_VALUE"), ("error", "BAD_REQUEST")),
     # MLflow answers max_results=0 with an empty page whose token points at the same place again
     ("search_registered_models", (None, 0)): (
         ("error", "INVALID_PARAMETER_VALUE"), [("next page", True)]),
@@ -101,6 +109,12 @@ def sequence(src: str):
         ("create_registered_model", ("Price-2",), {"tags": [rm_tag("team", "pricing")]}),
         ("create_registered_model", ("bad/name",), {}),
         ("get_registered_model", ("missing",), {}),
+        ("get_registered_model", ("bad/name",), {}),
+        ("update_registered_model", ("bad/name",), {"description": "x"}),
+        ("delete_registered_model", ("bad/name",), {}),
+        ("get_model_version", ("bad/name", "1"), {}),
+        ("get_latest_versions", ("bad/name",), {}),
+        ("delete_registered_model_tag", ("missing", "k"), {}),
         ("update_registered_model", ("price",), {"description": "what it costs"}),
         ("update_registered_model", ("missing",), {"description": "x"}),
         ("set_registered_model_tag", ("price", rm_tag("owner", "ann")), {}),
@@ -119,6 +133,15 @@ def sequence(src: str):
         ("get_model_version", ("churn", 3), {}),
         ("get_model_version", ("churn", "99"), {}),
         ("get_model_version", ("churn", "abc"), {}),
+        ("get_model_version", ("churn", "0"), {}),
+        ("get_model_version", ("churn", "-1"), {}),
+        ("get_model_version", ("churn", str(2**31)), {}),
+        ("set_registered_model_alias", ("churn", "big", 2**40), {}),
+        ("delete_model_version", ("churn", "99"), {}),
+        ("delete_model_version_tag", ("churn", "99", "k"), {}),
+        ("get_model_version_download_uri", ("churn", "99"), {}),
+        ("set_registered_model_tag", ("price", rm_tag("", "x")), {}),
+        ("set_model_version_tag", ("churn", "1", mv_tag("bad key!", "x")), {}),
         ("get_model_version", ("missing", "1"), {}),
         ("update_model_version", ("churn", "1", "first"), {}),
         ("update_model_version", ("churn", "99", "x"), {}),
@@ -158,6 +181,8 @@ def sequence(src: str):
         ("get_registered_model", ("churn",), {}),
         ("delete_registered_model_alias", ("churn", "challenger"), {}),
         ("delete_registered_model_alias", ("churn", "nobody"), {}),
+        ("delete_registered_model_alias", ("missing", "nobody"), {}),
+        ("get_model_version_by_alias", ("churn", "bad alias!"), {}),
         ("get_model_version", ("churn", "3"), {}),
         # searches
         ("search_registered_models", (), {}),

@@ -320,8 +320,9 @@ def test_wrong_names_and_versions_give_mlflow_error_codes(client, model_dir):
     assert code_of(client.get_model_version, "churn", "2") == "RESOURCE_DOES_NOT_EXIST"
     assert code_of(client.get_model_version, "nope", "1") == "RESOURCE_DOES_NOT_EXIST"
     assert code_of(client.create_model_version, "nope", model_dir) == "RESOURCE_DOES_NOT_EXIST"
-    for bad in ("abc", "1.5", "-1", "0", str(2**31)):
+    for bad in ("abc", "1.5", "", "0", "-1", str(2**31)):  # versions are 1 … 2**31-1
         assert code_of(client.get_model_version, "churn", bad) == "INVALID_PARAMETER_VALUE", bad
+    assert code_of(client.get_registered_model, "a/b") == "INVALID_PARAMETER_VALUE"
     for bad in ("", "a/b", "x" * 256):
         assert code_of(client.create_registered_model, bad) == "INVALID_PARAMETER_VALUE", bad
     assert code_of(client.transition_model_version_stage, "churn", "1", "Bogus") == "INVALID_PARAMETER_VALUE"
