@@ -17,17 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests import sample
-
-
-def _state(db) -> list:
-    """Everything a registry write could change (without the blobs themselves)."""
-    return [db.sql(q) for q in (
-        "SELECT name, version, is_active, stage, description, event, model_type, sha256, last_updated_at"
-        " FROM models ORDER BY name, version",
-        "SELECT name, next_version, last_updated_at, description FROM pgm_registered_models ORDER BY name",
-        "SELECT * FROM pgm_model_version_tags ORDER BY name, version, key",
-        "SELECT * FROM pgm_aliases ORDER BY name, alias",
-    )]
+from tests.test_roles import _state  # everything a write could change
 
 
 @pytest.fixture
