@@ -1,7 +1,8 @@
 """`mlflow server` on the pgmodels store, and clients that know only the server's address.
 
 Every client here runs in its own process with MLFLOW_TRACKING_URI=http://127.0.0.1:<port> as its
-whole configuration: no pgmodels:// URI, no database host, user or password.
+whole configuration: no pgmodels:// URI, no database host, user or password (once, the test
+process itself, pointed at the same URL, is one more such client).
 """
 
 from __future__ import annotations
@@ -34,13 +35,19 @@ def _expected(slope: float) -> list[float]:
     return list(sample.regressor(slope).predict(sample.X[:3]))
 
 
+def _cached(monkeypatch, cache_dir) -> set[tuple[int, str]]:
+    """(version, sha256) of each entry in a client's model cache."""
+    monkeypatch.setenv("MLFLOW_PGMODELS_CACHE_DIR", str(cache_dir))
+    return {(entry.version, entry.digest) for entry in cache.entries()}
+
+
 def _write_input_csv(path) -> None:
     import pandas as pd
 
     pd.DataFrame(sample.X[:3]).to_csv(path, index=False)
 
 
-def test_remote_client_registers_and_loads_through_the_server(db, tmp_path):
+def test_remote_client_registers_and_loads_through_the_server(db, tmp_path, monkeypatch):
     # the server logs in as a writer role (sql/roles.sql), its password in PGPASSWORD, not in the URI
     user, password = db.login_role("pgmodels_writer")
     backend = f"pgmodels://{user}@127.0.0.1:{db.server.port}/{db.name}"
@@ -54,7 +61,8 @@ def test_remote_client_registers_and_loads_through_the_server(db, tmp_path):
         assert rows == [("churn", 1, True, True), ("churn", 2, True, True)]
         # the bytes came through the server's get-artifact endpoint, into the client's own cache
         assert "path=.pgmodels%2Fmodel.zip" in server.log()
-        assert list((tmp_path / "client-cache" / "churn").glob("2-*/MLmodel"))
+        stored = set(db.sql("SELECT version, sha256 FROM models WHERE version = 2"))
+        assert _cached(monkeypatch, tmp_path / "client-cache") == stored
 
         _write_input_csv(tmp_path / "in.csv")
         predicted = run_command(server.url, tmp_path, [
@@ -122,7 +130,7 @@ print(json.dumps({"registered": results, "loads": loads}))
 
 
 @pytest.mark.slow
-def test_concurrent_clients_on_a_multi_worker_server(db, tmp_path):
+def test_concurrent_clients_on_a_multi_worker_server(db, tmp_path, monkeypatch):
     clients = 4
     with mlflow_server(tmp_path / "server", db.uri, workers=2) as server:
         run_client(server.url, tmp_path, REGISTER_AND_LOAD, "1")  # version 1, loaded by everyone below
@@ -146,9 +154,9 @@ def test_concurrent_clients_on_a_multi_worker_server(db, tmp_path):
     for out in outputs:
         for slope, predictions in out["loads"]:
             assert predictions == pytest.approx(_expected(slope))
-    # every client cached exactly the bytes the database holds (entries are <version>-<sha256>)
-    stored = {f"{version}-{digest}" for version, digest in db.sql("SELECT version, sha256 FROM models")}
+    # every client cached exactly the bytes the database holds (entries are keyed by SHA-256)
+    stored = set(db.sql("SELECT version, sha256 FROM models"))
     for i in range(clients):
-        cached = {entry.name for entry in (tmp_path / f"client{i}" / "cache" / "churn").iterdir() if entry.is_dir()}
+        cached = _cached(monkeypatch, tmp_path / f"client{i}" / "cache")
         assert len(cached) == 3 and cached <= stored
     assert server.failures() == []
