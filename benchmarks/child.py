@@ -1,7 +1,7 @@
 """One model load in a fresh process, for the benchmark's memory and concurrency measurements.
 
     python benchmarks/child.py --tracking-uri URI --registry-uri URI --model-uri models:/m/1
-        [--go-file PATH]   # set up, print "ready", wait for PATH to exist, then load
+        [--warm-uri URI] [--go-file PATH]   # set up, print "ready", wait for PATH to exist, then load
 
 Prints one JSON line: load seconds, RSS before the load, peak RSS during it, RSS after it (bytes).
 The peak is the kernel's high-water mark, reset after the imports (``/proc/self/clear_refs``),
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--registry-uri", required=True)
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--go-file")
+    parser.add_argument("--warm-uri", help="a model to load first, as a process that is already serving would have")
     args = parser.parse_args()
 
     import mlflow
@@ -44,6 +45,8 @@ def main() -> None:
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
     ModelsArtifactRepository(args.model_uri)
+    if args.warm_uri:
+        mlflow.pyfunc.load_model(args.warm_uri)
     if args.go_file:
         print("ready", flush=True)
         while not os.path.exists(args.go_file):

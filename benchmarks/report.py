@@ -78,7 +78,7 @@ def save(rows: list[Row], path: str, mode: str, extra: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = {"mode": mode, "machine": machine(), "rows": [asdict(r) for r in rows], "table": table(rows), **extra}
     with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
+        json.dump(data, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
 
 

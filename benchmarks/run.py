@@ -1,6 +1,6 @@
 """This store against stock MLflow (sqlite registry + local file artifacts), side by side.
 
-    python benchmarks/run.py            # full run (~10 minutes): tiny, ~100 MB and 512 MB models
+    python benchmarks/run.py            # full run (~3 minutes on 2 CPUs): tiny, ~100 MB and 512 MB models
     python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models
 
 Starts its own embedded PostgreSQL in a temporary directory (unix socket), builds the models once,
@@ -48,13 +48,15 @@ class Plan:
     loads: int                   # samples of the repeated load
     meta_repeats: int            # samples of each metadata query
     concurrent: int              # processes loading one new version at once
+    lone: int                    # samples of a lone load in a new process
+    cached_memory: bool          # also measure the memory of a load from the cache
     stock_concurrent: bool       # also measure stock MLflow under the same concurrency
 
 
 FULL = Plan(big_mb=100, huge_mb=512, versions=(1000, 10000), repeats=3, loads=10, meta_repeats=10,
-            concurrent=8, stock_concurrent=True)
+            concurrent=8, lone=2, cached_memory=True, stock_concurrent=True)
 QUICK = Plan(big_mb=10, huge_mb=None, versions=(100, 1000), repeats=2, loads=5, meta_repeats=3,
-             concurrent=3, stock_concurrent=False)
+             concurrent=3, lone=1, cached_memory=False, stock_concurrent=False)
 
 
 # --------------------------------------------------------------------------- the two stores
@@ -78,8 +80,13 @@ def start_postgres(base: Path):
     from mlflow_pgmodels.embedded import EmbeddedPostgres
 
     os.chmod(base, 0o755)
-    server = EmbeddedPostgres(base / "pgdata").start()
+    server = EmbeddedPostgres(base / "pgdata")
+    server.init()
+    with open(server.data_dir / "postgresql.conf", "a") as conf:
+        conf.write("shared_preload_libraries = 'pg_stat_statements'\n")
+    server.start()
     server.psql("CREATE DATABASE bench")
+    server.psql("CREATE EXTENSION pg_stat_statements", "bench")
     return server
 
 
@@ -153,9 +160,22 @@ def toast_blocks(uri: str) -> int:
             if not busy:
                 break
             time.sleep(0.01)
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        return conn.execute("SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0)"
-                            " FROM pg_statio_all_tables WHERE relname = 'models'").fetchone()[0]
+        # a backend leaves pg_stat_activity just before it reports: wait until the count settles
+        seen = []
+        while len(seen) < 3 or len(set(seen[-3:])) > 1:
+            time.sleep(0.05)
+            seen.append(conn.execute("SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0)"
+                                     " FROM pg_statio_all_tables WHERE relname = 'models'").fetchone()[0])
+        return seen[-1]
+
+
+def chunk_reads(conn) -> int:
+    """How many chunk reads of ``model_binary`` (blobs.read_blob's query) the server has run so far.
+
+    pg_stat_statements counts each statement when it ends, in shared memory: exact, no delay.
+    """
+    return int(conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                            " WHERE query LIKE 'SELECT substring(model_binary FROM%'").fetchone()[0])
 
 
 def raw_fetch(conn, name: str, version: str) -> bytes:
@@ -207,7 +227,7 @@ def bulk_versions_sqlite(db_path: Path, name: str, upto: int) -> None:
 # --------------------------------------------------------------------------- child processes
 def child(side: Side, model_uri: str, go_file: str | None = None) -> subprocess.Popen:
     args = [sys.executable, str(HERE / "child.py"), "--tracking-uri", side.uri, "--registry-uri", side.uri,
-            "--model-uri", model_uri]
+            "--model-uri", model_uri, "--warm-uri", "models:/warmup/1"]
     if go_file:
         args += ["--go-file", go_file]
     return subprocess.Popen(args, cwd=side.workdir, stdout=subprocess.PIPE, text=True)
@@ -241,6 +261,12 @@ class Bench:
         self.rows: list[Row] = []
         self.facts: dict = {}
 
+    def phase(self, what: str) -> None:
+        now = time.perf_counter()
+        if getattr(self, "_phase", None):
+            print(f"  [{self._phase[0]}: {now - self._phase[1]:.1f} s]", file=sys.stderr, flush=True)
+        self._phase = (what, now)
+
     def row(self, *args, **kwargs) -> Row:
         row = Row(*args, **kwargs)
         self.rows.append(row)
@@ -256,11 +282,10 @@ class Bench:
         self.ours = Side("pgmodels", self.server.socket_uri("bench"), self.base / "ours")
         self.stock_db = self.base / "stock" / "mlflow.db"
         self.stock = Side("stock", f"sqlite:///{self.stock_db}", self.base / "stock")
-        for side in (self.ours, self.stock):  # create the tables before anything is timed
+        tiny, _ = tiny_model()
+        for side in (self.ours, self.stock):  # tables, imports and caches: before anything is timed
             side.activate()
-            import mlflow
-
-            mlflow.MlflowClient().search_registered_models()
+            log_model(tiny, "warmup")
         import psycopg
 
         self.pg = psycopg.connect(conninfo(self.ours.uri), autocommit=True)
@@ -341,22 +366,26 @@ class Bench:
 
         self.ours.activate()
         fetch, load, raw, raw_load = [], [], [], []
-        repeats = self.plan.repeats if size != "512 MB" else 1
+        repeats = self.plan.repeats + 2 if size != "512 MB" else 1
+
+        def settled(remove) -> None:
+            remove()
+            os.sync()  # deleting 100s of MB costs disk time later: not in the next sample
+
         for i in range(repeats):
-            cache.clear()
+            dst = self.base / "scratch" / f"raw{i}"
+            settled(cache.clear)
             fetch.append(timed(mlflow.artifacts.download_artifacts, f"models:/{name}/{version}"))
-            cache.clear()
+            settled(cache.clear)
+            raw.append(timed(raw_fetch_unzip, self.pg, name, version, dst))
+            settled(lambda: shutil.rmtree(dst))
             if size != "512 MB":
                 load.append(timed(mlflow.pyfunc.load_model, f"models:/{name}/{version}"))
-            dst = self.base / "scratch" / f"raw{i}"
-            raw.append(timed(raw_fetch_unzip, self.pg, name, version, dst))
-            shutil.rmtree(dst)
-            if size != "512 MB":
                 start = time.perf_counter()
                 raw_fetch_unzip(self.pg, name, version, dst)
                 mlflow.pyfunc.load_model(str(dst))
                 raw_load.append(time.perf_counter() - start)
-                shutil.rmtree(dst)
+                settled(lambda: shutil.rmtree(dst))
         self.row(f"first load, empty cache, {size}: download into the cache", Stat(fetch),
                  Stat(raw, label="raw fetch + unzip"), 1.3)
         if load:
@@ -368,11 +397,11 @@ class Bench:
         from mlflow_pgmodels import cache
 
         blob = self.blob_mib(name, version)
-        stock = load_in_child(self.stock, f"models:/{name}/{stock_version}")
-        model_mib = (stock["rss_after"] - stock["rss_before"]) / MiB
         cache.clear()
-        first = load_in_child(self.ours, f"models:/{name}/{version}")
-        cached = load_in_child(self.ours, f"models:/{name}/{version}")
+        procs = [child(self.stock, f"models:/{name}/{stock_version}"), child(self.ours, f"models:/{name}/{version}")]
+        stock, first = (child_result(p) for p in procs)  # side by side: memory is per process
+        model_mib = (stock["rss_after"] - stock["rss_before"]) / MiB
+        cached = load_in_child(self.ours, f"models:/{name}/{version}") if self.plan.cached_memory else None
 
         def extra(r: dict) -> float:
             return max(0.0, (r["rss_peak"] - r["rss_before"]) / MiB - model_mib)
@@ -382,7 +411,7 @@ class Bench:
         self.row(f"client peak memory beyond the loaded model, first load, {size}",
                  Stat([extra(first)], unit="MiB"), Stat([blob], unit="MiB", label="blob"), 1.5,
                  note=f"stock: {extra(stock):.0f} MiB")
-        if size != "512 MB":
+        if cached and size != "512 MB":
             self.row(f"client peak memory beyond the loaded model, cached load, {size}",
                      Stat([extra(cached)], unit="MiB"), Stat([blob], unit="MiB", label="blob"), 1.5)
 
@@ -395,23 +424,26 @@ class Bench:
         n = self.plan.concurrent
         self.ours.activate()
         client = mlflow.MlflowClient()
-        fresh = [client.copy_model_version(f"models:/m/{versions[-1]}", "m").version for _ in range(3)]
-        before = toast_blocks(self.ours.uri)
-        lone = [load_in_child(self.ours, f"models:/m/{v}")["seconds"] for v in fresh[:2]]
-        one_read = (toast_blocks(self.ours.uri) - before) / 2
-        results = load_together(self.ours, f"models:/m/{fresh[2]}", n, self.base)
-        reads = (toast_blocks(self.ours.uri) - before) / one_read - 2
-        entries = [e for e in cache.entries() if e.name == "m" and e.version == int(fresh[2])]
+        lone_v, together_v, probe_v = ([client.copy_model_version(f"models:/m/{versions[-1]}", "m").version
+                                        for _ in range(k)] for k in (self.plan.lone, 1, 1))
+        lone = [load_in_child(self.ours, f"models:/m/{v}")["seconds"] for v in lone_v]
+        before = chunk_reads(self.pg)
+        results = load_together(self.ours, f"models:/m/{together_v[0]}", n, self.base)
+        after = chunk_reads(self.pg)
+        mlflow.pyfunc.load_model(f"models:/m/{probe_v[0]}")  # one read of the same bytes, for scale
+        reads = (after - before) / (chunk_reads(self.pg) - after)
+        entries = [e for e in cache.entries() if e.name == "m" and e.version == int(together_v[0])]
         leftovers = [p for p in Path(cache.root(), "m").iterdir() if ".fill-" in p.name or ".deleting" in p.name]
         together = [r["seconds"] for r in results]
         self.facts["concurrent"] = {"lone": lone, "together": together, "blob_reads": reads,
                                     "entries": len(entries), "leftovers": len(leftovers)}
         self.row(f"{n} processes load one new version at once, {size}: slowest", Stat([max(together)]),
                  Stat(lone, label="lone first load"), 1.5, note=f"median {statistics.median(together):.3f} s")
-        self.row(f"{n} processes at once: times the blob was read from the database", Stat([reads], unit=""),
-                 None, None, note=f"{len(entries)} cache entry, {len(leftovers)} leftovers")
+        self.row(f"{n} processes at once: times the blob was read from the database", Stat([round(reads, 2)], unit=""),
+                 None, None, note=f"{len(entries)} cache entry, {len(leftovers)} leftovers; goal: 1")
         if self.plan.stock_concurrent:
-            lone_s = [load_in_child(self.stock, f"models:/m/{stock_versions[-1]}")["seconds"] for _ in range(2)]
+            lone_s = [load_in_child(self.stock, f"models:/m/{stock_versions[-1]}")["seconds"]
+                      for _ in range(self.plan.lone)]
             together_s = [r["seconds"] for r in load_together(self.stock, f"models:/m/{stock_versions[-1]}", n, self.base)]
             self.row(f"stock MLflow, {n} processes at once (for comparison): slowest", Stat([max(together_s)]),
                      Stat(lone_s, label="stock lone load"), None)
@@ -459,22 +491,32 @@ class Bench:
         import mlflow
 
         plan = self.plan
-        tiny, tiny_x = tiny_model()
+        self.phase("log tiny")
+        tiny, _ = tiny_model()
         self.log_and_register(tiny, "tiny", "tiny model")
+        self.phase("train forest")
         big, big_x = forest(plan.big_mb)
         size = f"{plan.big_mb} MB"
+        self.phase("log forest")
         versions = self.log_and_register(big, "m", size)
         self.facts["blob_mib"] = self.blob_mib("m", versions["pgmodels"][-1])
+        self.phase("database part")
         self.database_part(big, size)
+        self.phase("repeated load")
         self.repeated_load(size)
         self.ours.activate()
         assert (mlflow.pyfunc.load_model("models:/m/latest").predict(big_x) == big.predict(big_x)).all()
+        self.phase("first load")
         self.first_load("m", versions["pgmodels"][-1], size)
+        self.phase("memory")
         self.memory("m", versions["pgmodels"][-1], versions["stock"][-1], size)
+        self.phase("concurrent")
         self.concurrent(size, versions["pgmodels"], versions["stock"])
+        self.phase("metadata")
         self.metadata()
         if plan.huge_mb:
             del big
+            self.phase("huge model")
             huge, huge_x = huge_model(plan.huge_mb)
             size = f"{plan.huge_mb} MB"
             hv = self.log_and_register(huge, "huge", size)
@@ -486,6 +528,7 @@ class Bench:
             loaded = mlflow.pyfunc.load_model(f"models:/huge/{hv['pgmodels'][-1]}")
             self.row(f"{size} model: register + load + predict work", Stat([1], unit=""), None, None,
                      note=f"blob {self.facts['huge_blob_mib']:.0f} MiB, prediction {loaded.predict(huge_x)[0]}")
+        self.phase("")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(table([]), flush=True)
     try:
+        bench.phase("setup")
         bench.setup()
         bench.run()
     finally:
