@@ -196,16 +196,22 @@ class PgModelsRegistryStore(AbstractStore):
         """The highest version in each of ``stages`` for each name (an index lookup each)."""
         if not names:
             return {}
+        active = [s for s in stages if s != STAGE_ARCHIVED]
+        archived = names if STAGE_ARCHIVED in stages else []
+        # one LIMIT 1 probe of pgm_models_latest_idx / pgm_models_archived_idx per name and stage
         rows = conn.execute(
             f"""SELECT {_MV_COLUMNS} FROM unnest(%s::text[]) AS n(name)
                 CROSS JOIN unnest(%s::text[]) AS s(stage)
                 CROSS JOIN LATERAL (
-                    SELECT * FROM models x WHERE x.name = n.name AND (
-                        (s.stage = 'Archived' AND x.is_active IS FALSE) OR
-                        (s.stage <> 'Archived' AND x.is_active IS NOT FALSE AND x.stage = s.stage))
+                    SELECT * FROM models x WHERE x.name = n.name AND x.is_active IS NOT FALSE AND x.stage = s.stage
                     ORDER BY x.version DESC LIMIT 1) m
-                ORDER BY m.name, m.version DESC""",
-            (names, stages),
+                UNION ALL
+                SELECT {_MV_COLUMNS} FROM unnest(%s::text[]) AS n(name)
+                CROSS JOIN LATERAL (
+                    SELECT * FROM models x WHERE x.name = n.name AND x.is_active IS FALSE
+                    ORDER BY x.version DESC LIMIT 1) m
+                ORDER BY 1, 2 DESC""",
+            (names, active, archived),
         ).fetchall()
         out: dict[str, list[ModelVersion]] = {}
         for row in rows:

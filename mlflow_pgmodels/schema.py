@@ -10,7 +10,7 @@ import psycopg
 
 from mlflow_pgmodels.db import connection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
 SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.

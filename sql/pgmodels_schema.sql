@@ -69,8 +69,10 @@ BEGIN
     END IF;
 END $$;
 
--- latest = highest active version: one index lookup per name.
-CREATE INDEX IF NOT EXISTS pgm_models_active_idx ON models (name, version DESC) WHERE is_active IS NOT FALSE;
+-- latest = highest active version: one index probe per name and stage, however many versions.
+DROP INDEX IF EXISTS pgm_models_active_idx;
+CREATE INDEX IF NOT EXISTS pgm_models_latest_idx ON models (name, stage, version DESC) WHERE is_active IS NOT FALSE;
+CREATE INDEX IF NOT EXISTS pgm_models_archived_idx ON models (name, version DESC) WHERE is_active IS FALSE;
 CREATE INDEX IF NOT EXISTS pgm_models_run_id_idx ON models (run_id);
 
 CREATE TABLE IF NOT EXISTS pgm_registered_model_tags (
@@ -106,5 +108,5 @@ CREATE TABLE IF NOT EXISTS pgm_schema_info (
     id BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
     schema_version INTEGER NOT NULL
 );
-INSERT INTO pgm_schema_info (schema_version) VALUES (1)
-ON CONFLICT (id) DO UPDATE SET schema_version = GREATEST(pgm_schema_info.schema_version, 1);
+INSERT INTO pgm_schema_info (schema_version) VALUES (2)
+ON CONFLICT (id) DO UPDATE SET schema_version = GREATEST(pgm_schema_info.schema_version, 2);

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlflow_pgmodels.schema import SCHEMA_VERSION
 from tests import procs, sample
 
 PROCESSES = 16
@@ -144,7 +145,7 @@ def test_many_processes_on_an_empty_database_create_the_schema_once(empty_db, tm
         created = pool.starmap(_first_use, [(empty_db.uri, str(tmp_path / n), n) for n in names])
 
     assert created == names
-    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(1,)]
+    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION,)]
     assert empty_db.sql("SELECT count(*) FROM pg_class WHERE relname = 'models'") == [(1,)]
     assert sorted(r[0] for r in empty_db.sql("SELECT name FROM pgm_registered_models")) == names
 

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from mlflow_pgmodels.schema import SCHEMA_VERSION
 from tests import sample
 from tests.conftest import ROOT
 
@@ -58,7 +59,7 @@ def test_create_tables_sql_builds_the_full_schema_and_runs_twice(empty_db):
     assert {"models", "pgm_registered_models", "pgm_model_version_tags", "pgm_aliases",
             "pgm_registered_model_tags", "pgm_schema_info"} <= first
     assert columns(empty_db, "models")[:len(SEED_COLUMNS)] == SEED_COLUMNS  # only added columns
-    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(1,)]
+    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION,)]
     # and the store takes that database as it is
     MlflowClient(registry_uri=empty_db.uri).create_registered_model("churn")
     assert empty_db.sql("SELECT name FROM pgm_registered_models") == [("churn",)]
@@ -87,15 +88,15 @@ def test_db_init_by_three_processes_at_once_on_an_empty_database_then_init_and_u
     results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in started]
 
     assert [code for code, _, _ in results] == [0, 0, 0], [err[-2000:] for _, _, err in results]
-    assert sum("pgmodels schema at version 1 (was absent)" in out for _, out, _ in results) == 1
+    assert sum(f"pgmodels schema at version {SCHEMA_VERSION} (was absent)" in out for _, out, _ in results) == 1
     assert {"models", "pgm_registered_models", "runs", "experiments"} <= tables(empty_db)
     assert empty_db.sql("SELECT count(*) FROM alembic_version") == [(1,)]
-    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(1,)]
+    assert empty_db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION,)]
 
     for action in ("init", "upgrade"):
         again = run_cli("db", action, "--uri", empty_db.uri)
         assert again.returncode == 0, again.stderr
-        assert "pgmodels schema at version 1 (was 1)" in again.stdout
+        assert f"pgmodels schema at version {SCHEMA_VERSION} (was {SCHEMA_VERSION})" in again.stdout
 
 
 def test_db_init_without_a_database_says_how_to_give_one(tmp_path):
