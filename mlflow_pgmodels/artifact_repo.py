@@ -15,10 +15,9 @@ import tempfile
 import mlflow
 from mlflow.entities import FileInfo
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels import archive, cache
 from mlflow_pgmodels.uri import is_pgmodels_uri, parse_download_uri
 
 # Files that exist only for the REST path: the archive and its digest.

@@ -239,19 +239,3 @@ class ServerSource:
                     )
                 finish_entry(blob_path, tmp, name, version)
         return path
-        with cache.filling(path) as tmp:
-            if tmp is not None:
-                blob_path = os.path.join(tmp, "blob")
-                self._get(name, version, VIRTUAL_ARCHIVE, blob_path)
-                sha = hashlib.sha256()
-                with open(blob_path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1024 * 1024), b""):
-                        sha.update(chunk)
-                if sha.hexdigest() != digest:
-                    raise MlflowException(
-                        f"{_what(name, version)} arrived from {self.server_uri} with SHA-256 "
-                        f"{sha.hexdigest()[:16]}…, expected {digest[:16]}…; nothing was loaded.",
-                        error_code=DATA_LOSS,
-                    )
-                finish_entry(blob_path, tmp, name, version)
-        return path

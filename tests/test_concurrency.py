@@ -46,12 +46,7 @@ def _registration_ways() -> list:
     All three take the same path to a version number; the direct one is the cheapest, which
     keeps 400 registrations CI-sized.
     """
-    try:
-        from mlflow_pgmodels.helpers import save_model_to_db  # noqa: F401
-        helper = _via_helper_api
-    except ImportError:  # the helper API is optional for this test
-        helper = _via_create_model_version
-    return [_via_log_model, helper] + [_via_create_model_version] * 6
+    return [_via_log_model, _via_helper_api] + [_via_create_model_version] * 6
 
 
 def _register_many(uri: str, workdir: str, name: str, first_id: int, count: int) -> list[tuple[int, int, str]]:
