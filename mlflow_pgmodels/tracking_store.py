@@ -33,7 +33,30 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
+    _quiet_aborted_pipelines()
     return store
+
+
+def _quiet_aborted_pipelines() -> None:
+    """Drop psycopg's "error ignored terminating <Pipeline …>: pipeline aborted" warnings.
+
+    SQLAlchemy runs executemany in psycopg's pipeline mode; when a statement in it fails (MLflow
+    expects and handles some IntegrityErrors), that error is raised to MLflow as usual and psycopg
+    also warns that it ignored the follow-up error while closing the pipeline. Only that second,
+    redundant line is dropped.
+    """
+    import logging
+
+    logger = logging.getLogger("psycopg")
+    if not any(isinstance(f, _AbortedPipelineFilter) for f in logger.filters):
+        logger.addFilter(_AbortedPipelineFilter())
+
+
+class _AbortedPipelineFilter:
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("error ignored terminating <psycopg.Pipeline") and
+                    message.endswith("pipeline aborted"))
 
 
 def _permission_errors(session_maker):
