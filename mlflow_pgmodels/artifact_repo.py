@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels.uri import is_pgmodels_uri, parse_download_uri
+from mlflow_pgmodels.uri import download_uri, is_pgmodels_uri, parse_download_uri, parse_model_root
 
 # Files that exist only for the REST path: the archive and its digest.
 VIRTUAL_DIR = ".pgmodels"
@@ -31,8 +31,23 @@ class PgModelsArtifactRepository(ArtifactRepository):
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
         super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
-        self.model_name, self.model_version = parse_download_uri(artifact_uri)
+        # mlflow.artifacts.download_artifacts("pgmodels:/churn/3") splits off the last part as the
+        # artifact path: "pgmodels:/churn" is then the root above the versions, paths start with one
+        self._model_root = parse_model_root(artifact_uri)
+        if self._model_root is None:
+            self.model_name, self.model_version = parse_download_uri(artifact_uri)
         self._dir: str | None = None
+
+    def _version_repo(self, path: str | None) -> tuple["PgModelsArtifactRepository", str]:
+        """For a model root: the repository of the version a path starts with, and the rest of it."""
+        version, _, rest = (path or "").strip("/").partition("/")
+        if not version.isdigit():
+            raise MlflowException(
+                f"{self.artifact_uri}/{path or ''} names no version: use pgmodels:/<model name>/<version>",
+                error_code=INVALID_PARAMETER_VALUE)
+        repo = PgModelsArtifactRepository(download_uri(self._model_root, version), self.tracking_uri,
+                                          self.registry_uri)
+        return repo, rest
 
     # --- where the bytes come from -------------------------------------------------------
     def _source(self):
@@ -59,6 +74,12 @@ class PgModelsArtifactRepository(ArtifactRepository):
 
     # --- ArtifactRepository ----------------------------------------------------------------
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
+        if self._model_root is not None:
+            if not (path or "").strip("/"):
+                return []
+            repo, rest = self._version_repo(path)
+            prefix = (path or "").strip("/").split("/")[0]
+            return [FileInfo(f"{prefix}/{f.path}", f.is_dir, f.file_size) for f in repo.list_artifacts(rest)]
         if path and path.strip("/").startswith(VIRTUAL_DIR):
             return []
         base = self.model_dir()
@@ -77,12 +98,18 @@ class PgModelsArtifactRepository(ArtifactRepository):
         return infos
 
     def get_local_path(self, artifact_path: str) -> str | None:
+        if self._model_root is not None:
+            repo, rest = self._version_repo(artifact_path)
+            return repo.get_local_path(rest)
         if artifact_path.strip("/").startswith(VIRTUAL_DIR):
             return None
         return self._local(artifact_path)
 
     def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
         """The files in place in the cache when ``dst_path`` is None, else linked into ``dst_path``."""
+        if self._model_root is not None:
+            repo, rest = self._version_repo(artifact_path)
+            return repo.download_artifacts(rest, dst_path)
         artifact_path = (artifact_path or "").strip("/")
         if artifact_path in (VIRTUAL_ARCHIVE, VIRTUAL_DIGEST):
             return self._download_virtual(artifact_path, dst_path)
@@ -94,6 +121,9 @@ class PgModelsArtifactRepository(ArtifactRepository):
         return dst
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
+        if self._model_root is not None:
+            repo, rest = self._version_repo(remote_file_path)
+            return repo._download_file(rest, local_path)
         _link_tree(self._local(remote_file_path), local_path)
 
     def log_artifact(self, local_file, artifact_path=None):

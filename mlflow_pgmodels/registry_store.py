@@ -196,23 +196,16 @@ class PgModelsRegistryStore(AbstractStore):
         """The highest version in each of ``stages`` for each name (an index lookup each)."""
         if not names:
             return {}
-        active = [s for s in stages if s != STAGE_ARCHIVED]
-        archived = names if STAGE_ARCHIVED in stages else []
-        # one LIMIT 1 probe of pgm_models_latest_idx / pgm_models_archived_idx per name and stage
-        rows = conn.execute(
-            f"""SELECT {_MV_COLUMNS} FROM unnest(%s::text[]) AS n(name)
-                CROSS JOIN unnest(%s::text[]) AS s(stage)
-                CROSS JOIN LATERAL (
-                    SELECT * FROM models x WHERE x.name = n.name AND x.is_active IS NOT FALSE AND x.stage = s.stage
-                    ORDER BY x.version DESC LIMIT 1) m
-                UNION ALL
-                SELECT {_MV_COLUMNS} FROM unnest(%s::text[]) AS n(name)
-                CROSS JOIN LATERAL (
-                    SELECT * FROM models x WHERE x.name = n.name AND x.is_active IS FALSE
-                    ORDER BY x.version DESC LIMIT 1) m
-                ORDER BY 1, 2 DESC""",
-            (names, active, archived),
-        ).fetchall()
+        # One LIMIT 1 index probe per name and stage. Each stage is its own branch with the stage
+        # as a parameter, so that the planner sees its value: for a stage no version is in, it
+        # then takes pgm_models_latest_idx instead of walking every version of the name.
+        branches, params = [], []
+        for stage in dict.fromkeys(stages):
+            active = "x.is_active IS FALSE" if stage == STAGE_ARCHIVED else "x.is_active IS NOT FALSE AND x.stage = %s"
+            branches.append(f"""SELECT {_MV_COLUMNS} FROM unnest(%s::text[]) AS n(name) CROSS JOIN LATERAL (
+                SELECT * FROM models x WHERE x.name = n.name AND {active} ORDER BY x.version DESC LIMIT 1) m""")
+            params += [names] if stage == STAGE_ARCHIVED else [names, stage]
+        rows = conn.execute(" UNION ALL ".join(branches) + " ORDER BY 1, 2 DESC", params).fetchall()
         out: dict[str, list[ModelVersion]] = {}
         for row in rows:
             out.setdefault(row[0], []).append(self._mv(row))

@@ -61,3 +61,11 @@ def parse_download_uri(uri: str) -> tuple[str, int]:
             error_code=INVALID_PARAMETER_VALUE,
         )
     return urllib.parse.unquote(quoted_name), int(version)
+
+
+def parse_model_root(uri: str) -> str | None:
+    """The model name of a ``pgmodels:/<name>`` URI (the root above its versions), else None."""
+    rest = uri[len(SCHEME) + 1:].strip("/")
+    if rest and "/" not in rest:
+        return urllib.parse.unquote(rest)
+    return None

@@ -179,9 +179,13 @@ def test_download_uri_names_the_row_and_serves_its_files(client, model_dir, tmp_
     assert sorted(os.listdir(local)) == sorted(os.listdir(model_dir))
     via_models_uri = mlflow.artifacts.download_artifacts("models:/churn model/1", dst_path=str(tmp_path / "o2"))
     assert set(os.listdir(via_models_uri)) - {"registered_model_meta"} == set(os.listdir(local))
-    # MLflow splits an artifact URI at its last "/": a trailing one keeps the version in the root
-    via_uri = mlflow.artifacts.download_artifacts(artifact_uri=uri + "/", dst_path=str(tmp_path / "o3"))
-    assert set(os.listdir(via_uri)) == set(os.listdir(local))
+    # the download URI itself works with MLflow's generic artifact download, with or without a
+    # trailing "/" (MLflow splits an artifact URI at its last "/")
+    for i, artifact_uri in enumerate([uri, uri + "/"]):
+        via_uri = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp_path / f"o{i}"))
+        assert set(os.listdir(via_uri)) == set(os.listdir(local))
+    single = mlflow.artifacts.download_artifacts(artifact_uri=uri + "/MLmodel", dst_path=str(tmp_path / "o5"))
+    assert open(single).read() == open(os.path.join(model_dir, "MLmodel")).read()
     assert code_of(client.get_model_version_download_uri, "churn model", "2") == "RESOURCE_DOES_NOT_EXIST"
 
 
