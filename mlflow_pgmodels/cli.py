@@ -76,11 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["ls", "clear"])
     cache.set_defaults(func=_cache)
 
-    for module in ("mlflow_pgmodels.migrate", "mlflow_pgmodels.import_registry"):
-        try:
-            __import__(module, fromlist=["add_parser"]).add_parser(sub)
-        except ModuleNotFoundError:
-            pass
+    from mlflow_pgmodels import import_registry, migrate
+
+    migrate.add_parser(sub)
+    import_registry.add_parser(sub)
     return parser
 
 
