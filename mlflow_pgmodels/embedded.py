@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mlflow-pgmodels" / "pgdata"
@@ -114,19 +113,6 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if self.initialized() and self.running():
             self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", mode, "stop"], check=False)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self._run([_bin("pg_isready"), "-h", str(self.socket_dir), "-p", str(self.port)],
-                         check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("PostgreSQL did not become ready")
 
     # ----------------------------------------------------------------------------- access
     def socket_uri(self, dbname: str = "postgres", user: str = "postgres", scheme: str = "pgmodels") -> str:
