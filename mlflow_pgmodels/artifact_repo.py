@@ -18,12 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
+from mlflow_pgmodels.fetch import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST, VIRTUAL_DIR, DatabaseSource, ServerSource
 from mlflow_pgmodels.uri import download_uri, is_pgmodels_uri, parse_download_uri, parse_model_root
-
-# Files that exist only for the REST path: the archive and its digest.
-VIRTUAL_DIR = ".pgmodels"
-VIRTUAL_ARCHIVE = f"{VIRTUAL_DIR}/model.zip"
-VIRTUAL_DIGEST = f"{VIRTUAL_DIR}/sha256"
 
 
 class PgModelsArtifactRepository(ArtifactRepository):
@@ -51,8 +47,6 @@ class PgModelsArtifactRepository(ArtifactRepository):
 
     # --- where the bytes come from -------------------------------------------------------
     def _source(self):
-        from mlflow_pgmodels.fetch import DatabaseSource, ServerSource
-
         for uri in (self.registry_uri, _server_registry_uri(), mlflow.get_registry_uri(), self.tracking_uri):
             if is_pgmodels_uri(uri):
                 return DatabaseSource(uri)
@@ -147,8 +141,6 @@ class PgModelsArtifactRepository(ArtifactRepository):
         return full
 
     def _download_virtual(self, artifact_path: str, dst_path: str | None) -> str:
-        from mlflow_pgmodels.fetch import DatabaseSource
-
         source = self._source()
         if not isinstance(source, DatabaseSource):
             raise MlflowException(f"{artifact_path} is served by the database side only",

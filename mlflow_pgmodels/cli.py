@@ -11,23 +11,7 @@ import sys
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels.uri import redact
-
-URI_HELP = ("pgmodels://[user[:password]@][host][:port][/dbname][?params]; default: "
-            "$MLFLOW_REGISTRY_URI, then $MLFLOW_TRACKING_URI")
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The store URI: the one given, else MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI if pgmodels://."""
-    from mlflow_pgmodels.uri import is_pgmodels_uri
-
-    for candidate in (uri, os.environ.get("MLFLOW_REGISTRY_URI"), os.environ.get("MLFLOW_TRACKING_URI")):
-        if is_pgmodels_uri(candidate):
-            return candidate
-    raise MlflowException.invalid_parameter_value(
-        "No model database given: pass --uri pgmodels://user:password@host:5432/dbname or set "
-        "MLFLOW_TRACKING_URI (or MLFLOW_REGISTRY_URI) to such a URI.")
-
+from mlflow_pgmodels.uri import URI_HELP, redact, resolve_uri
 
 def _db(args: argparse.Namespace) -> int:
     from mlflow_pgmodels.db import connection

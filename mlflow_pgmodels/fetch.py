@@ -14,6 +14,12 @@ from mlflow_pgmodels.blobs import read_blob
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.schema import ensure_schema
 
+# Files that exist only for the REST path (``/model-versions/get-artifact``): a version's archive
+# and its digest, served by the artifact repository on the server side.
+VIRTUAL_DIR = ".pgmodels"
+VIRTUAL_ARCHIVE = f"{VIRTUAL_DIR}/model.zip"
+VIRTUAL_DIGEST = f"{VIRTUAL_DIR}/sha256"
+
 
 @dataclass(frozen=True)
 class BlobInfo:
@@ -210,16 +216,12 @@ class ServerSource:
         """The SHA-256 the server's database holds for a version (a few bytes, no download)."""
         import io
 
-        from mlflow_pgmodels.artifact_repo import VIRTUAL_DIGEST
-
         buf = io.BytesIO()
         self._get(name, version, VIRTUAL_DIGEST, buf)
         return buf.getvalue().decode().strip()
 
     def materialize(self, name: str, version: int) -> str:
         """The cache directory of this version, downloading and verifying it first if needed."""
-        from mlflow_pgmodels.artifact_repo import VIRTUAL_ARCHIVE
-
         digest = self.digest(name, version)
         path = cache.entry_path(name, version, digest)
         if os.path.isdir(path):

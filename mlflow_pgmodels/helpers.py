@@ -28,7 +28,7 @@ from mlflow.entities.model_registry.model_version_stages import STAGE_ARCHIVED, 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels.cli import resolve_uri
+from mlflow_pgmodels.uri import resolve_uri
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.uri import redact
 

@@ -110,7 +110,7 @@ def import_registry(source_uri: str, uri: str, out=None) -> dict[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels.cli import resolve_uri
+    from mlflow_pgmodels.uri import resolve_uri
     from mlflow_pgmodels.uri import is_pgmodels_uri, redact
 
     uri = resolve_uri(args.uri)
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """The ``import-registry`` subcommand of ``mlflow-pgmodels``."""
-    from mlflow_pgmodels.cli import URI_HELP
+    from mlflow_pgmodels.uri import URI_HELP
 
     p = subparsers.add_parser(
         "import-registry", help="copy an existing MLflow model registry into the store (re-runnable)",

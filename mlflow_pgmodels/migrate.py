@@ -177,7 +177,7 @@ def _bar(total: int):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels.cli import resolve_uri
+    from mlflow_pgmodels.uri import resolve_uri
     from mlflow_pgmodels.uri import redact
 
     uri = resolve_uri(args.uri)
@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """The ``migrate`` subcommand of ``mlflow-pgmodels``."""
-    from mlflow_pgmodels.cli import URI_HELP
+    from mlflow_pgmodels.uri import URI_HELP
 
     p = subparsers.add_parser(
         "migrate", help="import .joblib model files as new MLflow versions (idempotent)",

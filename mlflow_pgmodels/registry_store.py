@@ -34,7 +34,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
-    NOT_IMPLEMENTED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
 )
@@ -60,6 +59,7 @@ from mlflow.utils.validation import (
 from mlflow_pgmodels import archive, blobs, sources
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.schema import ensure_schema
+from mlflow_pgmodels.webhooks import WebhookStoreMixin
 from mlflow_pgmodels.uri import download_uri, is_pgmodels_uri, parse_download_uri, redact, to_conninfo
 
 # Tags stored in columns of the models table, and their values when a version has no such tag.
@@ -152,7 +152,7 @@ def _check_column_tag(key: str, value: str) -> None:
             f"(got {0 if value is None else len(value)})")
 
 
-class PgModelsRegistryStore(AbstractStore):
+class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
     """The ``pgmodels://`` model registry store."""
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
@@ -642,19 +642,6 @@ class PgModelsRegistryStore(AbstractStore):
                     raise _not_found_rm(name)
                 raise MlflowException(f"Registered model alias {alias} not found.", INVALID_PARAMETER_VALUE)
             return self._get_mv(conn, name, row[0])
-
-    # ------------------------------------------------------------------ webhooks: not supported
-    def list_webhooks(self, max_results=None, page_token=None):
-        return PagedList([], None)
-
-    def list_webhooks_by_event(self, event, max_results=None, page_token=None):
-        return PagedList([], None)
-
-    def _no_webhooks(self, *args, **kwargs):
-        # NOT_IMPLEMENTED is HTTP 501, which MLflow's REST client does not retry (500 it would)
-        raise MlflowException("Webhooks are not supported by the pgmodels registry store", NOT_IMPLEMENTED)
-
-    create_webhook = get_webhook = update_webhook = delete_webhook = test_webhook = _no_webhooks
 
 
 # ---------------------------------------------------------------------- search helpers

@@ -10,9 +10,10 @@ import psycopg
 
 from mlflow_pgmodels.db import connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
-SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql")
+SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql", "pgmodels_history.sql",
+                "pgmodels_webhooks.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.
 ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 
@@ -14,6 +15,19 @@ _PREFIX = SCHEME + "://"
 _USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s]*):(?P<pw>[^@/\s]*)@")
 _PASSWORD_PARAM = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
 _PASSWORD_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+URI_HELP = ("pgmodels://[user[:password]@][host][:port][/dbname][?params]; default: "
+            "$MLFLOW_REGISTRY_URI, then $MLFLOW_TRACKING_URI")
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The store URI: the one given, else MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI if pgmodels://."""
+    for candidate in (uri, os.environ.get("MLFLOW_REGISTRY_URI"), os.environ.get("MLFLOW_TRACKING_URI")):
+        if is_pgmodels_uri(candidate):
+            return candidate
+    raise MlflowException.invalid_parameter_value(
+        "No model database given: pass --uri pgmodels://user:password@host:5432/dbname or set "
+        "MLFLOW_TRACKING_URI (or MLFLOW_REGISTRY_URI) to such a URI.")
 
 
 def is_pgmodels_uri(uri: str | None) -> bool:

@@ -3,6 +3,8 @@
 --   psql -d your_database -f sql/create-tables.sql      (run from any directory)
 \ir create_models_table.sql
 \ir pgmodels_schema.sql
+\ir pgmodels_history.sql
+\ir pgmodels_webhooks.sql
 
 -- The examples (examples/): their training data, what each training run scored, and the
 -- predictions, every result row naming the model version it came from.

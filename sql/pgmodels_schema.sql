@@ -108,5 +108,5 @@ CREATE TABLE IF NOT EXISTS pgm_schema_info (
     id BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
     schema_version INTEGER NOT NULL
 );
-INSERT INTO pgm_schema_info (schema_version) VALUES (2)
-ON CONFLICT (id) DO UPDATE SET schema_version = GREATEST(pgm_schema_info.schema_version, 2);
+INSERT INTO pgm_schema_info (schema_version) VALUES (3)
+ON CONFLICT (id) DO UPDATE SET schema_version = GREATEST(pgm_schema_info.schema_version, 3);
