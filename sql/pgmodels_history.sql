@@ -1,2 +1,324 @@
--- (filled in by the history work; idempotent, run after pgmodels_schema.sql)
-SELECT 1;
+-- Change history: every change of a registered model or a version, recorded by the database
+-- itself (AFTER triggers), so that plain SQL changes are recorded as well as the store's.
+-- Append-only: only the table's owner can change or remove rows. Every row is also announced
+-- with NOTIFY pgmodels_changes (the row as JSON, or just its id when too long for a payload).
+-- Idempotent; run after sql/pgmodels_schema.sql.
+--   psql -d your_database -f sql/pgmodels_history.sql
+--
+-- Versions numbered <= 0 are placeholders of a registration still in progress: they are
+-- recorded once renumbered (one model_version_created under the final number). Changes that
+-- only follow from deleting or renaming a whole registered model (its versions, tags and
+-- aliases going with it) are not repeated row by row: registered_model_deleted / _renamed says it.
+
+CREATE TABLE IF NOT EXISTS pgm_history (
+    id          BIGSERIAL PRIMARY KEY,
+    at          TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    txid        XID8 NOT NULL DEFAULT pg_current_xact_id(),
+    db_user     TEXT NOT NULL DEFAULT session_user,
+    mlflow_user TEXT,
+    name        TEXT NOT NULL,
+    version     INTEGER,
+    action      TEXT NOT NULL,
+    old         JSONB,
+    new         JSONB
+);
+CREATE INDEX IF NOT EXISTS pgm_history_name_idx ON pgm_history (name, id);
+CREATE INDEX IF NOT EXISTS pgm_history_renames_idx ON pgm_history ((old ->> 'name'), (new ->> 'name'))
+    WHERE action = 'registered_model_renamed';
+
+-- One history row, and its announcement.
+CREATE OR REPLACE FUNCTION pgm_history_record(p_name TEXT, p_version INTEGER, p_action TEXT,
+                                              p_old JSONB, p_new JSONB) RETURNS void AS $$
+DECLARE
+    rec pgm_history;
+    payload TEXT;
+BEGIN
+    INSERT INTO pgm_history (mlflow_user, name, version, action, old, new)
+    VALUES (nullif(current_setting('pgmodels.mlflow_user', true), ''), p_name, p_version, p_action, p_old, p_new)
+    RETURNING * INTO rec;
+    payload := row_to_json(rec)::text;
+    IF octet_length(payload) > 7900 THEN
+        payload := rec.id::text;
+    END IF;
+    PERFORM pg_notify('pgmodels_changes', payload);
+END
+$$ LANGUAGE plpgsql;
+
+-- The tags of a version that is being created; (placeholder, final) numbers: the cascade
+-- that renumbers its tags may run before or after this.
+CREATE OR REPLACE FUNCTION pgm_history_version_tags(p_name TEXT, p_versions INTEGER[]) RETURNS void AS $$
+DECLARE
+    t RECORD;
+BEGIN
+    FOR t IN SELECT key, value FROM pgm_model_version_tags
+             WHERE name = p_name AND version = ANY (p_versions) ORDER BY key LOOP
+        PERFORM pgm_history_record(p_name, p_versions[array_length(p_versions, 1)], 'model_version_tag_set',
+                                   NULL, jsonb_build_object('key', t.key, 'value', t.value));
+    END LOOP;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION pgm_history_version_fields(m models) RETURNS JSONB AS $$
+    SELECT jsonb_build_object('source', m.source, 'run_id', m.run_id, 'model_id', m.model_id,
+                              'event', m.event, 'model_type', m.model_type, 'is_active', m.is_active,
+                              'stage', m.stage, 'description', m.description, 'user_id', m.user_id)
+$$ LANGUAGE sql IMMUTABLE;
+
+-- models: versions created / deleted, stage and is_active, description, the event and
+-- model_type columns (tags).
+CREATE OR REPLACE FUNCTION pgm_history_models() RETURNS trigger AS $$
+DECLARE
+    col TEXT;
+    o TEXT;
+    n TEXT;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.version > 0 THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_created', NULL,
+                                       pgm_history_version_fields(NEW));
+        END IF;
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        -- a version going with its registered model: registered_model_deleted is the record
+        IF OLD.version > 0 AND EXISTS (SELECT 1 FROM pgm_registered_models WHERE name = OLD.name) THEN
+            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_deleted',
+                                       pgm_history_version_fields(OLD), NULL);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF OLD.name IS DISTINCT FROM NEW.name THEN
+        RETURN NULL;  -- a rename of the registered model: registered_model_renamed is the record
+    END IF;
+    IF OLD.version <> NEW.version THEN
+        IF OLD.version > 0 THEN
+            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_deleted',
+                                       pgm_history_version_fields(OLD), NULL);
+        END IF;
+        IF NEW.version > 0 THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_created', NULL,
+                                       pgm_history_version_fields(NEW));
+            PERFORM pgm_history_version_tags(NEW.name, ARRAY[OLD.version, NEW.version]);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.version <= 0 THEN
+        RETURN NULL;
+    END IF;
+    IF (OLD.stage, OLD.is_active) IS DISTINCT FROM (NEW.stage, NEW.is_active) THEN
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_stage_changed',
+                                   jsonb_build_object('stage', OLD.stage, 'is_active', OLD.is_active),
+                                   jsonb_build_object('stage', NEW.stage, 'is_active', NEW.is_active));
+    END IF;
+    IF OLD.description IS DISTINCT FROM NEW.description THEN
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_description_changed',
+                                   jsonb_build_object('description', OLD.description),
+                                   jsonb_build_object('description', NEW.description));
+    END IF;
+    FOREACH col IN ARRAY ARRAY['event', 'model_type'] LOOP
+        o := to_jsonb(OLD) ->> col;
+        n := to_jsonb(NEW) ->> col;
+        IF o IS DISTINCT FROM n THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
+                                       jsonb_build_object('key', col, 'value', o),
+                                       jsonb_build_object('key', col, 'value', n));
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- pgm_registered_models: created, renamed, description, deleted.
+CREATE OR REPLACE FUNCTION pgm_history_registered_models() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_created', NULL,
+                                   jsonb_build_object('description', NEW.description, 'tags', '{}'::jsonb));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pgm_history_record(OLD.name, NULL, 'registered_model_deleted',
+                                   jsonb_build_object('description', OLD.description), NULL);
+    ELSE
+        IF OLD.name <> NEW.name THEN
+            PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_renamed',
+                                       jsonb_build_object('name', OLD.name), jsonb_build_object('name', NEW.name));
+        END IF;
+        IF OLD.description IS DISTINCT FROM NEW.description THEN
+            PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_description_changed',
+                                       jsonb_build_object('description', OLD.description),
+                                       jsonb_build_object('description', NEW.description));
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- pgm_registered_model_tags: set (created or changed), deleted.
+CREATE OR REPLACE FUNCTION pgm_history_registered_model_tags() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_tag_set', NULL,
+                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
+    ELSIF TG_OP = 'DELETE' THEN
+        IF EXISTS (SELECT 1 FROM pgm_registered_models WHERE name = OLD.name) THEN
+            PERFORM pgm_history_record(OLD.name, NULL, 'registered_model_tag_deleted',
+                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
+        END IF;
+    ELSIF OLD.name = NEW.name AND (OLD.key, OLD.value) IS DISTINCT FROM (NEW.key, NEW.value) THEN
+        IF OLD.key <> NEW.key THEN
+            PERFORM pgm_history_record(OLD.name, NULL, 'registered_model_tag_deleted',
+                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
+        END IF;
+        PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_tag_set',
+                                   CASE WHEN OLD.key = NEW.key THEN jsonb_build_object('key', OLD.key, 'value', OLD.value) END,
+                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- pgm_model_version_tags: set, deleted (not for placeholder versions, nor when the version goes).
+CREATE OR REPLACE FUNCTION pgm_history_model_version_tags() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.version > 0 THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set', NULL,
+                                       jsonb_build_object('key', NEW.key, 'value', NEW.value));
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        IF OLD.version > 0 AND EXISTS (SELECT 1 FROM models WHERE name = OLD.name AND version = OLD.version) THEN
+            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_tag_deleted',
+                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
+        END IF;
+    ELSIF OLD.name = NEW.name AND OLD.version = NEW.version AND NEW.version > 0
+          AND (OLD.key, OLD.value) IS DISTINCT FROM (NEW.key, NEW.value) THEN
+        IF OLD.key <> NEW.key THEN
+            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_tag_deleted',
+                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
+        END IF;
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
+                                   CASE WHEN OLD.key = NEW.key THEN jsonb_build_object('key', OLD.key, 'value', OLD.value) END,
+                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- pgm_aliases: set (created or moved), deleted (not when the version it points at goes).
+CREATE OR REPLACE FUNCTION pgm_history_aliases() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.version > 0 THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'alias_set', NULL,
+                                       jsonb_build_object('alias', NEW.alias, 'version', NEW.version));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF OLD.version <= 0 THEN  -- a placeholder version being numbered: the alias appears
+        IF TG_OP = 'UPDATE' AND NEW.version > 0 THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'alias_set', NULL,
+                                       jsonb_build_object('alias', NEW.alias, 'version', NEW.version));
+        END IF;
+        RETURN NULL;
+    END IF;
+    -- the version it pointed at is gone or renumbered (cascades): that version's row says it
+    IF NOT EXISTS (SELECT 1 FROM models WHERE name = OLD.name AND version = OLD.version) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' OR OLD.alias <> NEW.alias THEN
+        PERFORM pgm_history_record(OLD.name, OLD.version, 'alias_deleted',
+                                   jsonb_build_object('alias', OLD.alias, 'version', OLD.version), NULL);
+        IF TG_OP = 'UPDATE' THEN
+            PERFORM pgm_history_record(NEW.name, NEW.version, 'alias_set', NULL,
+                                       jsonb_build_object('alias', NEW.alias, 'version', NEW.version));
+        END IF;
+    ELSIF OLD.version <> NEW.version THEN
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'alias_set',
+                                   jsonb_build_object('alias', OLD.alias, 'version', OLD.version),
+                                   jsonb_build_object('alias', NEW.alias, 'version', NEW.version));
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- Writers need no right on pgm_history: the trigger functions run as the table's owner. Their
+-- search_path is pinned so that no one else's objects can stand in for the ones used here.
+DO $$
+DECLARE
+    f TEXT;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
+                             'pgm_history_version_tags(text,integer[])', 'pgm_history_models()',
+                             'pgm_history_registered_models()', 'pgm_history_registered_model_tags()',
+                             'pgm_history_model_version_tags()', 'pgm_history_aliases()'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
+                       f, current_schema());
+    END LOOP;
+END $$;
+
+DROP TRIGGER IF EXISTS pgm_history ON models;
+CREATE TRIGGER pgm_history
+    AFTER INSERT OR UPDATE OF name, version, stage, is_active, description, event, model_type OR DELETE ON models
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_models();
+DROP TRIGGER IF EXISTS pgm_history ON pgm_registered_models;
+CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OF name, description OR DELETE ON pgm_registered_models
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_registered_models();
+DROP TRIGGER IF EXISTS pgm_history ON pgm_registered_model_tags;
+CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_registered_model_tags
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_registered_model_tags();
+DROP TRIGGER IF EXISTS pgm_history ON pgm_model_version_tags;
+CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_model_version_tags
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_model_version_tags();
+DROP TRIGGER IF EXISTS pgm_history ON pgm_aliases;
+CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_aliases
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_aliases();
+
+-- Append-only. Rights first; the trigger also holds against rights granted later (e.g. by
+-- re-running sql/roles.sql, which grants writers every table). Not SECURITY DEFINER: it checks
+-- the role doing the change, which inside the recording functions above is the owner.
+CREATE OR REPLACE FUNCTION pgm_history_guard() RETURNS trigger AS $$
+BEGIN
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_catalog.pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        RAISE EXCEPTION 'pgm_history is append-only: % is refused (rows are written by the database''s triggers, '
+                        'and only the owner of the table can change or remove them)', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS pgm_history_append_only ON pgm_history;
+CREATE TRIGGER pgm_history_append_only BEFORE INSERT OR UPDATE OR DELETE ON pgm_history
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_guard();
+DROP TRIGGER IF EXISTS pgm_history_no_truncate ON pgm_history;
+CREATE TRIGGER pgm_history_no_truncate BEFORE TRUNCATE ON pgm_history
+    FOR EACH STATEMENT EXECUTE FUNCTION pgm_history_guard();
+
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_history FROM PUBLIC;
+DO $$
+DECLARE
+    r TEXT;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['pgmodels_reader', 'pgmodels_writer'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_history FROM %I', r);
+            EXECUTE format('GRANT SELECT ON pgm_history TO %I', r);
+        END IF;
+    END LOOP;
+END $$;
+
+-- The history of the model known as p_name, following renames: rows under that name, rows
+-- under an earlier name before it was renamed to it, rows under a later name after it was
+-- renamed from it (and so on, through every rename).
+CREATE OR REPLACE FUNCTION pgm_model_history(p_name TEXT) RETURNS SETOF pgm_history AS $$
+    WITH RECURSIVE spans(name, lo, hi) AS (
+        SELECT p_name, '-infinity'::timestamptz, 'infinity'::timestamptz
+        UNION
+        SELECT CASE WHEN r.new ->> 'name' = s.name THEN r.old ->> 'name' ELSE r.new ->> 'name' END,
+               CASE WHEN r.new ->> 'name' = s.name THEN '-infinity'::timestamptz ELSE r.at END,
+               CASE WHEN r.new ->> 'name' = s.name THEN r.at ELSE 'infinity'::timestamptz END
+        FROM spans s JOIN pgm_history r ON r.action = 'registered_model_renamed'
+            AND ((r.new ->> 'name' = s.name AND r.at >= s.lo AND r.at < s.hi)
+                 OR (r.old ->> 'name' = s.name AND r.at >= s.lo AND r.at < s.hi))
+    )
+    SELECT h.* FROM pgm_history h
+    WHERE EXISTS (SELECT 1 FROM spans s WHERE h.name = s.name AND h.at >= s.lo AND h.at < s.hi)
+$$ LANGUAGE sql STABLE;
