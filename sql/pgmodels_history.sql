@@ -151,52 +151,34 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- pgm_registered_model_tags: set (created or changed), deleted.
-CREATE OR REPLACE FUNCTION pgm_history_registered_model_tags() RETURNS trigger AS $$
+-- pgm_registered_model_tags and pgm_model_version_tags: set (created or changed), deleted. Not
+-- for placeholder versions, nor when the version or model goes or is renamed / renumbered.
+CREATE OR REPLACE FUNCTION pgm_history_tags() RETURNS trigger AS $$
+DECLARE
+    kind TEXT := CASE WHEN TG_TABLE_NAME = 'pgm_model_version_tags' THEN 'model_version' ELSE 'registered_model' END;
+    o JSONB := to_jsonb(OLD);
+    n JSONB := to_jsonb(NEW);
+    r JSONB := coalesce(n, o);
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_tag_set', NULL,
-                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
-    ELSIF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM pgm_registered_models WHERE name = OLD.name) THEN
-            PERFORM pgm_history_record(OLD.name, NULL, 'registered_model_tag_deleted',
-                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
-        END IF;
-    ELSIF OLD.name = NEW.name AND (OLD.key, OLD.value) IS DISTINCT FROM (NEW.key, NEW.value) THEN
-        IF OLD.key <> NEW.key THEN
-            PERFORM pgm_history_record(OLD.name, NULL, 'registered_model_tag_deleted',
-                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
-        END IF;
-        PERFORM pgm_history_record(NEW.name, NULL, 'registered_model_tag_set',
-                                   CASE WHEN OLD.key = NEW.key THEN jsonb_build_object('key', OLD.key, 'value', OLD.value) END,
-                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
+    IF (o ->> 'version')::int <= 0 OR (n ->> 'version')::int <= 0
+       OR o ->> 'name' <> n ->> 'name' OR o ->> 'version' <> n ->> 'version' THEN
+        RETURN NULL;
     END IF;
-    RETURN NULL;
-END
-$$ LANGUAGE plpgsql;
-
--- pgm_model_version_tags: set, deleted (not for placeholder versions, nor when the version goes).
-CREATE OR REPLACE FUNCTION pgm_history_model_version_tags() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.version > 0 THEN
-            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set', NULL,
-                                       jsonb_build_object('key', NEW.key, 'value', NEW.value));
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        IF OLD.version > 0 AND EXISTS (SELECT 1 FROM models WHERE name = OLD.name AND version = OLD.version) THEN
-            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_tag_deleted',
-                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
-        END IF;
-    ELSIF OLD.name = NEW.name AND OLD.version = NEW.version AND NEW.version > 0
-          AND (OLD.key, OLD.value) IS DISTINCT FROM (NEW.key, NEW.value) THEN
-        IF OLD.key <> NEW.key THEN
-            PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_tag_deleted',
-                                       jsonb_build_object('key', OLD.key, 'value', OLD.value), NULL);
-        END IF;
-        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
-                                   CASE WHEN OLD.key = NEW.key THEN jsonb_build_object('key', OLD.key, 'value', OLD.value) END,
-                                   jsonb_build_object('key', NEW.key, 'value', NEW.value));
+    IF n IS NULL AND NOT (CASE kind
+            WHEN 'model_version' THEN EXISTS (SELECT 1 FROM models WHERE name = o ->> 'name'
+                                                                      AND version = (o ->> 'version')::int)
+            ELSE EXISTS (SELECT 1 FROM pgm_registered_models WHERE name = o ->> 'name') END) THEN
+        RETURN NULL;
+    END IF;
+    IF o IS NOT NULL AND (n IS NULL OR o ->> 'key' <> n ->> 'key') THEN
+        PERFORM pgm_history_record(o ->> 'name', (o ->> 'version')::int, kind || '_tag_deleted',
+                                   jsonb_build_object('key', o -> 'key', 'value', o -> 'value'), NULL);
+    END IF;
+    IF n IS NOT NULL AND (o IS NULL OR o ->> 'key' <> n ->> 'key' OR o -> 'value' <> n -> 'value') THEN
+        PERFORM pgm_history_record(r ->> 'name', (r ->> 'version')::int, kind || '_tag_set',
+                                   CASE WHEN o ->> 'key' = n ->> 'key'
+                                        THEN jsonb_build_object('key', o -> 'key', 'value', o -> 'value') END,
+                                   jsonb_build_object('key', n -> 'key', 'value', n -> 'value'));
     END IF;
     RETURN NULL;
 END
@@ -247,8 +229,8 @@ DECLARE
 BEGIN
     FOREACH f IN ARRAY ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
                              'pgm_history_version_tags(text,integer[])', 'pgm_history_models()',
-                             'pgm_history_registered_models()', 'pgm_history_registered_model_tags()',
-                             'pgm_history_model_version_tags()', 'pgm_history_aliases()'] LOOP
+                             'pgm_history_registered_models()', 'pgm_history_tags()',
+                             'pgm_history_aliases()'] LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
                        f, current_schema());
     END LOOP;
@@ -263,10 +245,10 @@ CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OF name, description OR DELETE
     FOR EACH ROW EXECUTE FUNCTION pgm_history_registered_models();
 DROP TRIGGER IF EXISTS pgm_history ON pgm_registered_model_tags;
 CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_registered_model_tags
-    FOR EACH ROW EXECUTE FUNCTION pgm_history_registered_model_tags();
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_tags();
 DROP TRIGGER IF EXISTS pgm_history ON pgm_model_version_tags;
 CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_model_version_tags
-    FOR EACH ROW EXECUTE FUNCTION pgm_history_model_version_tags();
+    FOR EACH ROW EXECUTE FUNCTION pgm_history_tags();
 DROP TRIGGER IF EXISTS pgm_history ON pgm_aliases;
 CREATE TRIGGER pgm_history AFTER INSERT OR UPDATE OR DELETE ON pgm_aliases
     FOR EACH ROW EXECUTE FUNCTION pgm_history_aliases();
