@@ -9,6 +9,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from typing import IO
 
 from mlflow.exceptions import MlflowException
@@ -68,11 +69,151 @@ def _destination(root: str, name: str, what: str) -> str:
     return dest
 
 
-def unpack(zip_path: str, target_dir: str, what: str) -> None:
-    """Extract a version's zip into ``target_dir``; refuses entries that would land outside it."""
-    root = os.path.realpath(target_dir)
+MAX_UNPACKED_BYTES_ENV = "MLFLOW_PGMODELS_MAX_UNPACKED_BYTES"
+MAX_ENTRIES_ENV = "MLFLOW_PGMODELS_MAX_ENTRIES"
+MAX_RATIO_ENV = "MLFLOW_PGMODELS_MAX_RATIO"
+# The ratio is only checked past this size: small, very regular files (an all-zero array, a
+# repetitive text file) legitimately compress by up to deflate's maximum (~1030x).
+RATIO_CHECKED_ABOVE = 16 * 1024 * 1024
+# Inflated output is produced (and written) in pieces of at most this size.
+_OUT_PIECE = 1024 * 1024
+# Compressed input is fed in slices of this size, so that ``unconsumed_tail`` copies stay small.
+_IN_PIECE = 64 * 1024
+# A central directory larger than this per allowed entry is refused before it is parsed
+# (zipfile holds ~10x its size in memory); real models average about 100 bytes per entry.
+_DIRECTORY_BYTES_PER_ENTRY = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one version's zip may unpack; from the environment (see :meth:`from_env`)."""
+
+    unpacked_bytes: int = 10 * 1024**3
+    entries: int = 100_000
+    ratio: int = 200
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The limits set by ``MLFLOW_PGMODELS_MAX_UNPACKED_BYTES``, ``_MAX_ENTRIES`` and ``_MAX_RATIO``."""
+        return cls(*(_positive_int(env, default) for env, default in (
+            (MAX_UNPACKED_BYTES_ENV, cls.unpacked_bytes), (MAX_ENTRIES_ENV, cls.entries),
+            (MAX_RATIO_ENV, cls.ratio))))
+
+
+def _positive_int(env: str, default: int) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
     try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise MlflowException(f"{env}={raw!r} is not a positive whole number (default {default})",
+                              error_code=INVALID_PARAMETER_VALUE)
+    return value
+
+
+class _Budget:
+    """What one archive has used of its :class:`Limits`; refuses (DATA_LOSS) past any of them."""
+
+    def __init__(self, what: str, limits: Limits | None = None) -> None:
+        self.what = what
+        self.limits = limits or Limits.from_env()
+        self.entries = 0
+        self.total = 0
+
+    def new_entry(self) -> None:
+        self.entries += 1
+        self.check_count(self.entries)
+
+    def check_count(self, entries: int) -> None:
+        if entries > self.limits.entries:
+            raise self.refusal(f"holds more than {self.limits.entries:,} entries", MAX_ENTRIES_ENV)
+
+    def check_entry(self, name: str, size: int, compressed: int | None) -> None:
+        """Refuse an entry that is (or says it is) ``size`` bytes from ``compressed`` (None: stored)."""
+        if compressed is not None and size > max(RATIO_CHECKED_ABOVE, self.limits.ratio * compressed):
+            raise self.refusal(
+                f"holds a file {name!r} that inflates more than {self.limits.ratio}-fold "
+                f"({compressed:,} bytes to over {max(size, RATIO_CHECKED_ABOVE):,}; the ratio is "
+                f"checked for files over {RATIO_CHECKED_ABOVE // 2**20} MiB)", MAX_RATIO_ENV)
+
+    def add(self, name: str, n: int, entry_size: int, compressed: int | None) -> None:
+        """Account for ``n`` more bytes of entry ``name`` (now ``entry_size``), before they are written."""
+        self.total += n
+        if self.total > self.limits.unpacked_bytes:
+            raise self.refusal(f"unpacks to more than {_human(self.limits.unpacked_bytes)}",
+                               MAX_UNPACKED_BYTES_ENV)
+        self.check_entry(name, entry_size, compressed)
+
+    def refusal(self, why: str, env: str) -> MlflowException:
+        return MlflowException(
+            f"{self.what} {why}, the limit set by {env}; nothing was loaded or cached. If this is a "
+            f"genuine model, raise {env} and load it again; otherwise the row does not hold a sane "
+            "model (a zip bomb?): delete the version or register the model again.",
+            error_code=DATA_LOSS,
+        )
+
+
+def _human(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size:,} bytes"
+
+
+def _check_directory(zip_path: str, budget: _Budget) -> None:
+    """Refuse a zip whose central directory is too big for the entry limit, before zipfile parses it."""
+    with open(zip_path, "rb") as f:
+        end = zipfile._EndRecData(f)  # the end record, zip64 included; stable since Python 2
+    if end:
+        allowed = budget.limits.entries
+        if end[zipfile._ECD_ENTRIES_TOTAL] > allowed or end[zipfile._ECD_SIZE] > allowed * _DIRECTORY_BYTES_PER_ENTRY:
+            raise budget.refusal(f"holds more than {allowed:,} entries (its zip directory says "
+                                 f"{end[zipfile._ECD_ENTRIES_TOTAL]:,} in {end[zipfile._ECD_SIZE]:,} bytes)",
+                                 MAX_ENTRIES_ENV)
+
+
+def _check_listing(infos: list[zipfile.ZipInfo], budget: _Budget) -> None:
+    """Refuse, from the sizes the zip declares, what would go over a limit; nothing is written yet."""
+    budget.check_count(len(infos))
+    declared = 0
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            # bzip2 / lzma: zipfile inflates those without a bound on memory
+            raise MlflowException(
+                f"{budget.what} holds a file {info.filename!r} compressed with method "
+                f"{info.compress_type}; only stored and deflated files are extracted. Nothing was "
+                "loaded. Register the model again (MLflow and this store write deflate).",
+                error_code=DATA_LOSS)
+        declared += info.file_size
+        budget.check_entry(info.filename, info.file_size,
+                           info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else None)
+    if declared > budget.limits.unpacked_bytes:
+        raise budget.refusal(f"unpacks to {_human(declared)}, more than "
+                             f"{_human(budget.limits.unpacked_bytes)}", MAX_UNPACKED_BYTES_ENV)
+
+
+def _copy_counted(src: IO[bytes], dst: IO[bytes], info: zipfile.ZipInfo, budget: _Budget) -> None:
+    compressed = info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else None
+    size = 0
+    while piece := src.read(_OUT_PIECE):
+        size += len(piece)
+        budget.add(info.filename, len(piece), size, compressed)
+        dst.write(piece)
+
+
+def unpack(zip_path: str, target_dir: str, what: str, limits: Limits | None = None) -> None:
+    """Extract a version's zip into ``target_dir``.
+
+    Refuses (DATA_LOSS) entries that would land outside it, and archives past ``limits``
+    (default: :meth:`Limits.from_env`), checked on the declared sizes first and on the bytes as
+    they are written; memory stays bounded whatever the archive says.
+    """
+    root = os.path.realpath(target_dir)
+    budget = _Budget(what, limits)
+    try:
+        _check_directory(zip_path, budget)
         with zipfile.ZipFile(zip_path) as zf:
+            _check_listing(zf.infolist(), budget)
             for info in zf.infolist():
                 dest = _destination(root, info.filename, what)
                 if stat.S_ISLNK(info.external_attr >> 16):
@@ -83,7 +224,7 @@ def unpack(zip_path: str, target_dir: str, what: str) -> None:
                     continue
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with zf.open(info) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                    _copy_counted(src, dst, info, budget)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise MlflowException(f"{what} is not a readable zip archive ({e})", error_code=DATA_LOSS) from None
     except _ENTRY_CLASHES as e:
@@ -112,13 +253,16 @@ class StreamingUnzip:
     """Extracts a zip while its bytes arrive in order, so the archive itself never touches the disk.
 
     Reads the local headers (``pack`` writes sizes there), writes each entry as it streams by and
-    checks its CRC; everything after the first central-directory record is ignored. Raises
-    :class:`NotStreamable` for zips that only a seekable reader can handle.
+    checks its CRC and size; everything after the first central-directory record is ignored.
+    Inflates in bounded pieces and refuses (DATA_LOSS) an archive past ``limits`` (default:
+    :meth:`Limits.from_env`). Raises :class:`NotStreamable` for zips that only a seekable reader
+    can handle.
     """
 
-    def __init__(self, target_dir: str, what: str) -> None:
+    def __init__(self, target_dir: str, what: str, limits: Limits | None = None) -> None:
         self.root = os.path.realpath(target_dir)
         self.what = what
+        self._budget = _Budget(what, limits)
         os.makedirs(self.root, exist_ok=True)
         self._buf = bytearray()
         self._file: IO[bytes] | None = None
@@ -126,6 +270,9 @@ class StreamingUnzip:
         self._inflate = None
         self._crc = 0
         self._want_crc = 0
+        self._size = 0          # bytes of the current entry written so far
+        self._want_size = 0
+        self._csize = None      # compressed size of the current entry (None: stored)
         self._name = ""
         self._done = False
         self.entries = 0
@@ -170,17 +317,21 @@ class StreamingUnzip:
                 "utf-8" if flags & 0x800 else "cp437")
             rest = bytes(self._buf[end:])
             self._buf.clear()
-            self._open_entry(name, method, crc, csize)
+            self._open_entry(name, method, crc, csize, usize)
             if self._left:
                 return rest
             self._close_entry()
             self._buf += rest
         return b""
 
-    def _open_entry(self, name: str, method: int, crc: int, csize: int) -> None:
+    def _open_entry(self, name: str, method: int, crc: int, csize: int, usize: int) -> None:
+        self._budget.new_entry()
         dest = _destination(self.root, name, self.what)
+        deflated = method == zipfile.ZIP_DEFLATED
+        self._budget.check_entry(name, usize, csize if deflated else None)  # early, on what it says
         self._name, self._left, self._want_crc, self._crc = name, csize, crc, 0
-        self._inflate = zlib.decompressobj(-15) if method == zipfile.ZIP_DEFLATED else None
+        self._size, self._want_size, self._csize = 0, usize, csize if deflated else None
+        self._inflate = zlib.decompressobj(-15) if deflated else None
         try:
             if name.endswith("/"):
                 os.makedirs(dest, exist_ok=True)
@@ -192,7 +343,17 @@ class StreamingUnzip:
             raise _clash(self.what, name, e) from None
 
     def _emit(self, data) -> None:
-        self._write(self._inflate_or_raise(self._inflate.decompress, data) if self._inflate is not None else data)
+        if self._inflate is None:
+            self._write(data)
+            return
+        for start in range(0, len(data), _IN_PIECE):
+            tail = data[start:start + _IN_PIECE]
+            while True:  # until this slice is consumed and zlib holds no more output
+                out = self._inflate_or_raise(self._inflate.decompress, tail, _OUT_PIECE)
+                self._write(out)
+                tail = self._inflate.unconsumed_tail
+                if not tail and len(out) < _OUT_PIECE:
+                    break
 
     def _inflate_or_raise(self, step, *args) -> bytes:
         try:
@@ -202,8 +363,16 @@ class StreamingUnzip:
                                   error_code=DATA_LOSS) from None
 
     def _write(self, data) -> None:
-        if self._file is not None and data:
-            self._crc = zlib.crc32(data, self._crc)
+        if not data:
+            return
+        self._size += len(data)  # counted for directory entries too: their data is inflated all the same
+        try:
+            self._budget.add(self._name, len(data), self._size, self._csize)
+        except MlflowException:
+            self.abort()
+            raise
+        self._crc = zlib.crc32(data, self._crc)
+        if self._file is not None:
             self._file.write(data)
 
     def _close_entry(self) -> None:
@@ -212,8 +381,10 @@ class StreamingUnzip:
         if self._file is not None:
             self._file.close()
             self.entries += 1
-            if self._crc != self._want_crc:
-                raise MlflowException(f"{self.what}: file {self._name!r} in its zip is corrupt (CRC mismatch)",
+            if self._crc != self._want_crc or self._size != self._want_size:
+                mismatch = "CRC mismatch" if self._crc != self._want_crc else (
+                    f"{self._size:,} bytes, {self._want_size:,} declared")
+                raise MlflowException(f"{self.what}: file {self._name!r} in its zip is corrupt ({mismatch})",
                                       error_code=DATA_LOSS)
         self._file = self._inflate = None
 
