@@ -34,12 +34,26 @@ def _cache(args: argparse.Namespace) -> int:
     if args.action == "ls":
         entries = cache.entries()
         for e in reversed(entries):
-            print(f"{e.name}\tv{e.version}\t{e.size / 2**20:9.1f} MiB\t{e.digest[:12]}\t{e.path}")
+            used = "in use" if cache.in_use(e) else "-"
+            print(f"{e.name}\tv{e.version}\t{e.size / 2**20:9.1f} MiB\t{e.digest[:12]}\t{used}\t{e.path}")
         total = sum(e.size for e in entries)
         print(f"{len(entries)} cached versions, {total / 2**20:.1f} MiB of {cache.max_bytes() / 2**20:.0f} MiB "
               f"in {cache.root()}")
     else:
-        print(f"removed {cache.clear()} cached versions from {cache.root()}")
+        removed = cache.clear()
+        kept = len(cache.entries())
+        print(f"removed {removed} cached versions from {cache.root()}"
+              + (f"; kept {kept} in use by running processes" if kept else ""))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    import json
+
+    from mlflow_pgmodels.history import model_history
+
+    for change in model_history(resolve_uri(args.uri), args.name, args.version, args.since):
+        print(json.dumps(change.to_json(), ensure_ascii=False) if args.json else change.describe())
     return 0
 
 
@@ -64,15 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)
+    from mlflow_pgmodels import webhook_delivery
+
+    webhook_delivery.add_parser(sub)
+
+    history = sub.add_parser(
+        "history", help="what changed in a registered model, when and by whom (newest first)",
+        description="The changes the database recorded for a registered model and its versions, "
+                    "however they were made (MLflow, the UI, plain SQL); rows under its earlier or "
+                    "later names (renames) included.")
+    history.add_argument("name", help="registered model name")
+    history.add_argument("--version", type=int, help="only this version's changes")
+    history.add_argument("--since", help="only changes from then on: an ISO 8601 or PostgreSQL time "
+                                         "('2026-12-01T09:30+01:00', 'yesterday') or a duration ('2 hours')")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    history.add_argument("--uri", help=URI_HELP)
+    history.set_defaults(func=_history)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; any error is one ``error: ...`` line (a traceback with MLFLOW_PGMODELS_DEBUG=1)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except MlflowException as e:
-        print(f"error: {redact(e.message)}", file=sys.stderr)
+    except Exception as e:
+        if os.environ.get("MLFLOW_PGMODELS_DEBUG", "") not in ("", "0"):
+            raise
+        message = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
+        # the URIs of this command, whose passwords the message may quote in any form
+        uris = [getattr(args, "uri", None), getattr(args, "source", None),
+                os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")]
+        print(f"error: {' '.join(redact(message, *uris).split())}", file=sys.stderr)
         return 2
 
 
