@@ -180,8 +180,9 @@ def _check_listing(infos: list[zipfile.ZipInfo], budget: _Budget) -> None:
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             # bzip2 / lzma: zipfile inflates those without a bound on memory
             raise MlflowException(
-                f"{budget.what} holds a file {info.filename!r} compressed with method "
-                f"{info.compress_type}; only stored and deflated files are extracted. Nothing was "
+                f"{budget.what} holds a file {info.filename!r} compressed with "
+                f"{zipfile.compressor_names.get(info.compress_type, f'method {info.compress_type}')}; "
+                "only stored and deflated files are extracted. Nothing was "
                 "loaded. Register the model again (MLflow and this store write deflate).",
                 error_code=DATA_LOSS)
         declared += info.file_size
