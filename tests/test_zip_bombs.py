@@ -21,25 +21,12 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import archive, cache, load_model_from_db
 from tests import sample
+from tests.test_hostile_input import _Unseekable  # zipfile then writes data descriptors
 
 MiB = 1024 * 1024
 BOMB_INFLATED = 256 * MiB
 FORMS = pytest.mark.parametrize("streamable", [True, False], ids=["streamed", "file"])
 LOADERS = pytest.mark.parametrize("loader", ["pyfunc", "helper"])
-
-
-class _Unseekable(io.RawIOBase):
-    """A write-only stream: zipfile then writes data descriptors, as streaming zip tools do."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.buffer += data
-        return len(data)
 
 
 def _zip(model_dir: str, extra: dict[str, int], streamable: bool) -> bytes:
