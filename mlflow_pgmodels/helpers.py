@@ -30,6 +30,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels.uri import resolve_uri
 from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.entities import ACTIVE_SQL
+from mlflow_pgmodels.search import latest_active_version
 from mlflow_pgmodels.uri import redact
 
 __all__ = ["save_model_to_db", "load_model_from_db", "get_latest_model_version", "deactivate_model",
@@ -69,16 +71,14 @@ def load_model_from_db(name: str, event: str, model_type: str, version: int | No
     uri = resolve_uri(uri)
     with connection(uri, f"read model '{name}'") as conn:
         if version is None:
-            row = conn.execute(
-                "SELECT max(version) FROM models WHERE name = %s AND event = %s AND model_type = %s"
-                " AND is_active IS NOT FALSE", (name, event, model_type)).fetchone()
+            number = latest_active_version(conn, name, event, model_type)
         else:
             row = conn.execute(
                 "SELECT version FROM models WHERE name = %s AND event = %s AND model_type = %s AND version = %s",
                 (name, event, model_type, int(version))).fetchone()
-        if row is None or row[0] is None:
+            number = row and row[0]
+        if number is None:
             raise _missing(conn, uri, name, event, model_type, version)
-    number = int(row[0])
     from mlflow_pgmodels.fetch import DatabaseSource
 
     return load_native(DatabaseSource(uri).materialize(name, number)), number
@@ -88,9 +88,7 @@ def get_latest_model_version(name: str, event: str, model_type: str, uri: str | 
     """The highest active version of name/event/type, or None when there is none."""
     uri = resolve_uri(uri)
     with connection(uri, f"read model '{name}'") as conn:
-        return conn.execute(
-            "SELECT max(version) FROM models WHERE name = %s AND event = %s AND model_type = %s"
-            " AND is_active IS NOT FALSE", (name, event, model_type)).fetchone()[0]
+        return latest_active_version(conn, name, event, model_type)
 
 
 def deactivate_model(name: str, event: str, model_type: str, version: int, uri: str | None = None) -> bool:
@@ -187,7 +185,7 @@ def _set_active(name: str, event: str, model_type: str, version: int, active: bo
     try:
         with connection(store.store_uri, f"read {what}") as conn:
             row = conn.execute(
-                "SELECT is_active IS NOT FALSE FROM models"
+                f"SELECT {ACTIVE_SQL} FROM models"
                 " WHERE name = %s AND event = %s AND model_type = %s AND version = %s",
                 (name, event, model_type, int(version))).fetchone()
             if row is None:
@@ -209,7 +207,7 @@ def _missing(conn, uri: str, name: str, event: str, model_type: str, version: in
               + (f" version {version}" if version is not None else " (no active version)"))
     rows = conn.execute(
         "SELECT event, model_type, array_agg(version ORDER BY version),"
-        " array_agg(version ORDER BY version) FILTER (WHERE is_active IS NOT FALSE)"
+        f" array_agg(version ORDER BY version) FILTER (WHERE {ACTIVE_SQL})"
         " FROM models WHERE name = %s GROUP BY event, model_type ORDER BY event, model_type",
         (name,)).fetchall()
     if rows:

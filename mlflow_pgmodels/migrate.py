@@ -62,7 +62,7 @@ def compile_pattern(pattern: str, known_types: bool = True) -> re.Pattern:
 
 def find_candidates(directory: str, pattern: str, event: str | None, model_type: str | None) -> list[Candidate]:
     """Files under ``directory`` matching ``pattern``, in natural path order (v2 before v10)."""
-    from mlflow_pgmodels.registry_store import DEFAULT_EVENT, DEFAULT_MODEL_TYPE
+    from mlflow_pgmodels.column_tags import DEFAULT_EVENT, DEFAULT_MODEL_TYPE
 
     if not os.path.isdir(directory):
         raise MlflowException.invalid_parameter_value(f"{directory!r} is not a directory")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,16 +12,30 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels.uri import redact
+from mlflow_pgmodels.uri import is_pgmodels_uri, parse_download_uri, redact
 
 # Sources MLflow uses for prompts: there are no files behind them.
 PLACEHOLDER_SOURCES = {"dummy-source", "prompt-template", ""}
+_LOGGED_MODEL = re.compile(r"models:/(m-[0-9a-f]{32})(?:/|$)")
 
 
 def logged_model_id(source: str) -> str | None:
-    """``m-...`` for a ``models:/m-...`` source (a LoggedModel), else None."""
-    if source.startswith("models:/m-"):
-        return source[len("models:/"):].strip("/").split("/")[0]
+    """``m-<32 hex>`` for a ``models:/m-<32 hex>`` source (a LoggedModel), else None.
+
+    Only MLflow's own id format counts: ``models:/m-churn/1`` is version 1 of a model named ``m-churn``.
+    """
+    match = _LOGGED_MODEL.match(source)
+    return match.group(1) if match else None
+
+
+def own_version(source: str) -> tuple[str, int] | None:
+    """(name, version) when ``source`` is a version of this store (``pgmodels:/name/N``, ``models:/name/N``)."""
+    if source.startswith("pgmodels:/") and not is_pgmodels_uri(source):
+        return parse_download_uri(source)
+    if source.startswith("models:/") and not logged_model_id(source):
+        parts = source[len("models:/"):].strip("/").split("/")
+        if len(parts) == 2 and parts[1].isdigit():
+            return parts[0], int(parts[1])
     return None
 
 

@@ -41,8 +41,14 @@ BEGIN
 END $$;
 
 -- Every name in models is a registered model, also for rows inserted by plain SQL.
+-- A row with a version <= 0 is a registration in progress (the store writes the row under a
+-- placeholder number and numbers it at the end): its registered model exists already, and
+-- leaving its row alone here keeps it unlocked during the upload.
 CREATE OR REPLACE FUNCTION pgm_models_register_name() RETURNS trigger AS $$
 BEGIN
+    IF NEW.version <= 0 THEN
+        RETURN NEW;
+    END IF;
     INSERT INTO pgm_registered_models (name, next_version)
     VALUES (NEW.name, NEW.version + 1)
     ON CONFLICT (name) DO UPDATE

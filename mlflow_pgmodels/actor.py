@@ -1,0 +1,42 @@
+"""Who makes a change through the store: the MLflow user the database history records.
+
+The store sets ``pgmodels.mlflow_user`` for each of its write transactions; the history
+triggers (sql/pgmodels_history.sql) read it. Plain SQL leaves it unset: the database role is
+then the only name the history has.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def mlflow_user() -> str | None:
+    """The MLflow user behind the current call, where known.
+
+    Inside ``mlflow server``: the authenticated user of the request (basic auth), else unknown.
+    Elsewhere: the user MLflow records on runs (``MLFLOW_TRACKING_USERNAME``, else the OS user).
+    """
+    if os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE"):
+        try:
+            from flask import has_request_context, request
+        except ImportError:
+            return None
+        if has_request_context() and request.authorization is not None:
+            return request.authorization.username
+        return None
+    return _client_user()
+
+
+def _client_user() -> str | None:
+    from mlflow.tracking.context.default_context import _get_user
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    try:
+        return read_mlflow_creds().username or _get_user()
+    except Exception:  # no user name at all (e.g. a uid without a passwd entry)
+        return None
+
+
+def mark(conn) -> None:
+    """Name the MLflow user in the current transaction (for the history triggers)."""
+    conn.execute("SELECT set_config('pgmodels.mlflow_user', %s, true)", (mlflow_user() or "",))
