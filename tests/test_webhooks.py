@@ -148,3 +148,140 @@ def test_urls_mlflow_refuses_are_refused(client, monkeypatch, url, message):
         client.create_webhook("ssrf", url, events=[MV_CREATED])
     assert e.value.error_code == "INVALID_PARAMETER_VALUE"
     assert client.list_webhooks() == []
+
+
+# ------------------------------------------------------------------------------------- delivery
+def test_version_registered_by_a_direct_client_reaches_the_receiver_signed_once(client, db, webhook_env,
+                                                                                 receiver, tmp_path):
+    client.create_webhook("ci", receiver.url, events=[MV_CREATED, RM_CREATED], secret=SECRET)
+    dispatcher = Dispatcher(db.uri).start()
+    try:
+        register(client, tmp_path, tags={"team": "risk"}, description="first")
+        events = receiver.wait_for(2)
+    finally:
+        dispatcher.stop()
+
+    assert Dispatcher(db.uri).deliver_due() == 0  # nothing left over, nothing sent again
+    assert len(receiver.received) == 2
+    assert all(signed(headers, body) for headers, body in receiver.received)
+    by_entity = {e["entity"]: e for e in events}
+    assert by_entity["registered_model"]["data"] == {"name": "churn", "tags": {}, "description": None}
+    assert by_entity["model_version"]["action"] == "created"
+    assert by_entity["model_version"]["data"] == {
+        "name": "churn", "version": "1", "source": client.get_model_version("churn", "1").source,
+        "run_id": None, "tags": {"team": "risk"}, "description": "first"}
+    assert sorted(deliveries(db)) == [("model_version.created", "delivered", 1, 200, True),
+                                      ("registered_model.created", "delivered", 1, 200, True)]
+
+
+def test_plain_sql_changes_reach_the_receiver(client, db, webhook_env, receiver, tmp_path):
+    from mlflow_pgmodels.cli import main
+
+    register(client, tmp_path)
+    tag_set = WebhookEvent(WebhookEntity.MODEL_VERSION_TAG, WebhookAction.SET)
+    hook = client.create_webhook("audit", receiver.url, events=[tag_set], secret=SECRET)
+    assert main(["webhooks", "all-changes", hook.webhook_id, "on", "--uri", db.uri]) == 0
+
+    db.sql("UPDATE models SET is_active = false WHERE name = 'churn' AND version = 1")
+    db.sql("UPDATE models SET event = 'fraud' WHERE name = 'churn' AND version = 1")
+    assert Dispatcher(db.uri).deliver_due() == 2
+
+    assert all(signed(headers, body) for headers, body in receiver.received)
+    archived, tagged = receiver.events()
+    assert (archived["entity"], archived["action"]) == ("model_version", "updated")
+    assert archived["data"]["change"] == "model_version_stage_changed"
+    assert archived["data"]["name"] == "churn" and archived["data"]["version"] == "1"
+    assert archived["data"]["new"]["is_active"] is False and archived["data"]["old"]["is_active"] is True
+    assert (tagged["entity"], tagged["action"]) == ("model_version_tag", "set")
+    assert tagged["data"] == {"name": "churn", "version": "1", "key": "event", "value": "fraud"}
+    assert Dispatcher(db.uri).deliver_due() == 0
+    assert len(receiver.received) == 2
+
+
+def test_receiver_down_for_a_while_gets_the_event_when_it_returns(client, db, webhook_env, receiver, tmp_path):
+    client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
+    receiver.answer = 503
+    dispatcher = Dispatcher(db.uri).start()
+    try:
+        register(client, tmp_path)
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline and db.sql("SELECT attempts FROM pgm_webhook_deliveries")[0][0] < 3:
+            time.sleep(0.05)
+        (attempts, status, error), = db.sql("SELECT attempts, status, last_error FROM pgm_webhook_deliveries")
+        assert (status, error.split(":")[0]) == ("pending", "HTTP 503")
+        receiver.answer = 200
+        events = receiver.wait_for(1)
+    finally:
+        dispatcher.stop()
+
+    assert [e["data"]["version"] for e in events] == ["1"]
+    assert signed(*receiver.received[0])
+    (status, attempts_at_end, code, delivered), = db.sql(
+        "SELECT status, attempts, status_code, delivered_at IS NOT NULL FROM pgm_webhook_deliveries")
+    assert (status, code, delivered) == ("delivered", 200, True) and attempts_at_end > attempts
+
+
+def test_two_dispatchers_deliver_each_event_once(client, db, webhook_env, receiver, tmp_path):
+    register(client, tmp_path)
+    client.create_webhook("ci", receiver.url, events=[WebhookEvent(WebhookEntity.MODEL_VERSION_TAG,
+                                                                   WebhookAction.SET)], secret=SECRET)
+    for i in range(12):
+        client.set_model_version_tag("churn", "1", f"k{i}", str(i))
+
+    dispatchers = [Dispatcher(db.uri, workers=3), Dispatcher(db.uri, workers=3)]
+    threads = [threading.Thread(target=d.deliver_due) for d in dispatchers for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)
+
+    keys = sorted(e["data"]["key"] for e in receiver.events())
+    assert keys == sorted(f"k{i}" for i in range(12))
+    assert len({headers["X-MLflow-Delivery-Id"] for headers, _ in receiver.received}) == 12
+    assert db.sql("SELECT status, attempts, count(*) FROM pgm_webhook_deliveries GROUP BY 1, 2") == [
+        ("delivered", 1, 12)]
+
+
+def test_a_hanging_receiver_does_not_hold_up_registrations(client, db, webhook_env, receiver, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("MLFLOW_WEBHOOK_REQUEST_TIMEOUT", str(PATIENCE))
+    client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
+    receiver.hang.set()
+    dispatcher = Dispatcher(db.uri).start()
+    try:
+        register(client, tmp_path)
+        assert receiver.in_flight.wait(PATIENCE)  # version 1's delivery is now stuck in the receiver
+        register(client, tmp_path)  # returns although the receiver has not answered
+        assert not receiver.release.is_set() and receiver.received == []
+        assert int(client.get_model_version("churn", "2").version) == 2
+        receiver.release.set()
+        events = receiver.wait_for(2)
+    finally:
+        dispatcher.stop()
+    assert sorted(e["data"]["version"] for e in events) == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_alias_moved_through_the_rest_api_of_mlflow_server(client, db, webhook_env, receiver, tmp_path):
+    register(client, tmp_path)
+    register(client, tmp_path)
+    alias_deleted = WebhookEvent(WebhookEntity.MODEL_VERSION_ALIAS, WebhookAction.DELETED)
+    client.create_webhook("deploy", receiver.url, events=[ALIAS_CREATED, alias_deleted], secret=SECRET)
+
+    with mlflow_server(tmp_path / "server", db.uri, env=webhook_env) as server:
+        def rest(method: str, path: str, body: dict) -> None:
+            request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/{path}", method=method,
+                                             data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=PATIENCE).read()
+
+        rest("POST", "registered-models/alias", {"name": "churn", "alias": "champion", "version": "1"})
+        receiver.wait_for(1)
+        rest("POST", "registered-models/alias", {"name": "churn", "alias": "champion", "version": "2"})
+        events = receiver.wait_for(2)
+        assert server.failures() == []
+
+    assert [(e["entity"], e["action"], e["data"]) for e in events] == [
+        ("model_version_alias", "created", {"name": "churn", "alias": "champion", "version": "1"}),
+        ("model_version_alias", "created", {"name": "churn", "alias": "champion", "version": "2"})]
+    assert all(signed(headers, body) for headers, body in receiver.received)
