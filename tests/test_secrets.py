@@ -156,3 +156,86 @@ def test_cli_output_never_shows_the_password(db, login):
                           env={**os.environ, "MLFLOW_TRACKING_URI": bad[0]})
     assert done.returncode == 2
     _assert_clean(done.stdout + done.stderr, "the output with MLFLOW_TRACKING_URI")
+
+
+MARK = "Secret-7Qx"
+# malformed URIs of a login whose password has specials; what the error must say each time
+MALFORMED = {
+    "bad percent-encoding": (f"pgmodels://u:s3cr%zz{MARK}@127.0.0.1/db", "'%' is not followed by two hexadecimal"),
+    "password with an unquoted /": (f"pgmodels://u:ab/{MARK}@127.0.0.1/db", "Percent-encode"),
+    "password with an unquoted @": (f"pgmodels://u:ab@{MARK}@127.0.0.1/db", "Percent-encode"),
+    "port out of range": (f"pgmodels://u:{urllib.parse.quote(PASSWORD, safe='')}@127.0.0.1:99999/db", "99999"),
+    "port not a number": (f"pgmodels://u:%25{MARK}@127.0.0.1:5x/db", "'5x' is not a number"),
+    "unknown parameter": (f"pgmodels://u:%25{MARK}@127.0.0.1/db?sslmod=require", '"sslmod"'),
+    "bad parameter value": (f"pgmodels://u:%25{MARK}@127.0.0.1/db?sslmode=requir", "sslmode='requir'"),
+    "more ports than hosts": (f"pgmodels://u:%25{MARK}@h1,h2/db?port=5432,5433,5434", "3 ports for 2 hosts"),
+    "unclosed IPv6 bracket": (f"pgmodels://u:%25{MARK}@[::1/db", "IPv6"),
+    "password parameter": (f"pgmodels://u@127.0.0.1/db?password=%zz{MARK}", "'%' is not followed"),
+}
+
+
+def _assert_refused(attempt, says: str, where: str) -> None:
+    # MLflow's client parses the URI with urllib first, which refuses an unclosed "[" by itself
+    with pytest.raises((MlflowException, ValueError) if "client" in where else MlflowException) as e:
+        attempt()
+    if isinstance(e.value, MlflowException):
+        assert e.value.error_code == "INVALID_PARAMETER_VALUE", (where, e.value.error_code, e.value.message)
+        assert says in e.value.message, (where, e.value.message)
+    text = "".join(traceback.format_exception(e.value)) + repr(e.value)
+    assert MARK not in text and "s3cr" not in text, f"the password shows in the {where} error: {text}"
+    _assert_clean(text, f"the {where} error")
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_uris_are_refused_without_the_password(case, log_records):
+    from mlflow_pgmodels import load_model_from_db, save_model_to_db
+    from mlflow_pgmodels.artifact_repo import PgModelsArtifactRepository
+    from mlflow_pgmodels.uri import to_sqlalchemy_url
+
+    uri, says = MALFORMED[case]
+    attempts = {
+        "store": lambda: PgModelsRegistryStore(uri),
+        "artifact repository": lambda: PgModelsArtifactRepository(
+            "pgmodels:/m/1", registry_uri=uri).download_artifacts("", dst_path="out"),
+        "load helper": lambda: load_model_from_db("m", "e", "regression", uri=uri),
+        "save helper": lambda: save_model_to_db(sample.regressor(1.0), "m", "e", "regression", uri=uri),
+        "tracking URL": lambda: to_sqlalchemy_url(uri),
+        "tracking client": lambda: (mlflow.set_tracking_uri(uri), MlflowClient().search_experiments()),
+        "registry client": lambda: MlflowClient(tracking_uri="http://127.0.0.1:9",
+                                                registry_uri=uri).get_registered_model("m"),
+    }
+    for where, attempt in attempts.items():
+        _assert_refused(attempt, says, where)
+        mlflow.set_tracking_uri(None)
+    logs = "\n".join(log_records)
+    assert MARK not in logs and "s3cr" not in logs
+    _assert_clean(logs, "the logs")
+
+
+def test_cli_prints_one_line_for_a_malformed_uri():
+    uri = "pgmodels://u:s3cr%zzt@h/db"  # the URI of the report
+    done = subprocess.run(["mlflow-pgmodels", "db", "init", "--uri", uri], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stdout == "" and done.stderr.count("\n") == 1 and done.stderr.startswith("error: Invalid pgmodels URI")
+    assert "s3cr" not in done.stderr and "zzt" not in done.stderr
+    # every other malformed URI, through the command's entry point in one process (one MLflow import)
+    script = ("import sys; from mlflow_pgmodels.cli import main\n"
+              "codes = [main(['db', 'init', '--uri', u]) for u in sys.argv[1:]]\n"
+              "print(codes)")
+    uris = [uri for uri, _ in MALFORMED.values()]
+    done = subprocess.run([sys.executable, "-c", script, *uris], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == str([2] * len(uris)), done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(uris) and all(line.startswith("error: Invalid pgmodels URI") for line in lines), lines
+    assert MARK not in done.stderr and "s3cr" not in done.stderr
+    _assert_clean(done.stderr, "the output of db init with malformed URIs")
+
+
+def test_cli_prints_one_line_for_any_error(tmp_path):
+    """Not only MlflowExceptions: an unexpected error (here the OS's) is one line too, no traceback."""
+    (tmp_path / "file").write_text("not a directory")
+    env = {**os.environ, "MLFLOW_PGMODELS_CACHE_DIR": str(tmp_path / "file" / "cache")}
+    done = subprocess.run(["mlflow-pgmodels", "cache", "ls"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Not a directory" in done.stderr
