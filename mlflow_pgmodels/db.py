@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
@@ -21,51 +24,144 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_pgmodels.uri import redact, to_conninfo
 
-_MAX_IDLE = 8
+POOL_MAX_SIZE_ENV = "MLFLOW_PGMODELS_POOL_MAX_SIZE"
+POOL_TIMEOUT_ENV = "MLFLOW_PGMODELS_POOL_TIMEOUT"
+# 8 per process: a default `mlflow server` (4 workers) then needs 4 × (8 + MLflow's 5 + 10) = 92
+# connections with the tracking half, inside PostgreSQL's default max_connections of 100.
+DEFAULT_POOL_MAX_SIZE = 8
+DEFAULT_POOL_TIMEOUT = 30.0
+# A dead peer is noticed after about idle + interval × count = 60 s instead of the kernel's ~15 min.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+_POOL_NAME = "mlflow-pgmodels"
+# How often a waiting call looks whether the pool failed to connect (so it fails fast, not at the timeout).
+_WAIT_SLICE = 0.2
+
+
+def positive_number(env: str, default: float, kind: type = int) -> float:
+    """The value of ``env`` as a positive ``kind`` (``int`` or ``float``), ``default`` when unset."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise MlflowException(f"{env}={raw!r} is not a positive {'whole ' if kind is int else ''}number "
+                              f"(default {default:g})", error_code=INVALID_PARAMETER_VALUE)
+    return value
+
+
+def connect_kwargs(conninfo: str) -> dict:
+    """What every connection gets unless the URI or libpq's environment says otherwise."""
+    params = conninfo_to_dict(conninfo)
+    kwargs: dict = {"autocommit": True}
+    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        kwargs["connect_timeout"] = 10
+    if "application_name" not in params and not os.environ.get("PGAPPNAME"):
+        kwargs["application_name"] = _POOL_NAME
+    kwargs.update({k: v for k, v in KEEPALIVES.items() if k not in params})
+    return kwargs
+
+
+class _PooledConnection(psycopg.Connection):
+    """A connection of one of our pools; tells its pool when connecting fails."""
+
+    on_failure = staticmethod(lambda error: None)
+    home: ConnectionPool | None = None  # the pool to give it back to
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs):
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as e:
+            cls.on_failure(e)
+            raise
 
 
 class _Pool:
-    """A few idle connections per process, each checked with a round trip before reuse.
+    """A psycopg_pool ConnectionPool that fails fast when the server cannot be reached.
 
-    The check is what lets a long-running process carry on by itself after the server restarts.
+    psycopg_pool retries connecting in the background and lets callers wait for the full
+    timeout; a caller here gets the connection error as soon as an attempt fails, and waits the
+    timeout only when every connection is in use.
     """
 
     def __init__(self, conninfo: str) -> None:
-        params = conninfo_to_dict(conninfo)
-        self._kwargs = {"autocommit": True}
-        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
-            self._kwargs["connect_timeout"] = 10
-        if "application_name" not in params and not os.environ.get("PGAPPNAME"):
-            self._kwargs["application_name"] = "mlflow-pgmodels"
+        self.max_size = int(positive_number(POOL_MAX_SIZE_ENV, DEFAULT_POOL_MAX_SIZE))
+        self.timeout = positive_number(POOL_TIMEOUT_ENV, DEFAULT_POOL_TIMEOUT, float)
         self._conninfo = conninfo
-        self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
+        self._failure: tuple[float, str] | None = None
+        self._connection_class = type("PooledConnection", (_PooledConnection,),
+                                      {"on_failure": staticmethod(self._failed)})
+        self.pool = self._open()
 
-    def get(self) -> psycopg.Connection:
+    def _open(self) -> ConnectionPool:
+        # min_size 0: no connection is opened before the first call, none kept open by a process
+        # that stopped using the registry (idle ones close after max_idle), and no background
+        # reconnection loop while the server is down. reconnect_timeout 0: a failed attempt is
+        # given up at once, so the next call tries again instead of waiting for a backoff.
+        return ConnectionPool(self._conninfo, connection_class=self._connection_class,
+                              kwargs=connect_kwargs(self._conninfo), min_size=0, max_size=self.max_size,
+                              timeout=self.timeout, reconnect_timeout=0, name=_POOL_NAME, open=True)
+
+    def _failed(self, error: psycopg.OperationalError) -> None:
+        self._failure = (time.monotonic(), str(error))
+
+    def get(self, what: str, uri: str) -> psycopg.Connection:
+        """A working connection (checked with a round trip: a server restart leaves dead ones)."""
+        start = time.monotonic()
+        deadline = start + self.timeout
         while True:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return psycopg.connect(self._conninfo, **self._kwargs)
+            remaining = deadline - time.monotonic()
+            pool = self.pool
+            try:
+                conn = pool.getconn(timeout=max(min(_WAIT_SLICE, remaining), 0.001))
+            except PoolTimeout:
+                failure = self._failure
+                if failure and failure[0] >= start:
+                    raise psycopg.OperationalError(failure[1]) from None
+                if remaining <= _WAIT_SLICE:
+                    raise self._exhausted(what, uri) from None
+                continue
+            conn.home = pool
             try:
                 conn.execute("")
                 return conn
             except psycopg.Error:
                 conn.close()
+                pool.putconn(conn)
+                pool.check()  # the other idle ones are likely dead too
 
     def put(self, conn: psycopg.Connection) -> None:
-        reusable = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        with self._lock:
-            if reusable and len(self._idle) < _MAX_IDLE:
-                self._idle.append(conn)
-                return
-        conn.close()
+        """Give a connection back; one left mid-transaction or broken is closed, not reused."""
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+        conn.home.putconn(conn)
 
     def discard_idle(self) -> None:
+        """Close the idle connections (e.g. so that their backends report statistics); a new pool follows."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            old, self.pool = self.pool, self._open()
+        old.close()
+
+    def _exhausted(self, what: str, uri: str) -> MlflowException:
+        return MlflowException(
+            f"Cannot {what}: the connection pool to {redact(uri)} is exhausted (all {self.max_size} "
+            f"connections of this process were in use for {self.timeout:g} s). Raise {POOL_MAX_SIZE_ENV} "
+            f"(now {self.max_size}; keep workers × it below the server's max_connections) or "
+            f"{POOL_TIMEOUT_ENV} (seconds to wait, now {self.timeout:g}); the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE)
+
+
+class _OurPoolNoise(logging.Filter):
+    """Drops psycopg_pool's warnings about our pools: each failure reaches the caller as an MlflowException."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.levelno == logging.WARNING and any(
+            isinstance(a, _PooledConnection) or a == _POOL_NAME for a in args))
 
 
 _pools: dict[tuple[int, str], _Pool] = {}
@@ -78,6 +174,9 @@ def _pool(uri: str) -> _Pool:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            logger = logging.getLogger("psycopg.pool")
+            if not any(isinstance(f, _OurPoolNoise) for f in logger.filters):
+                logger.addFilter(_OurPoolNoise())
             pool = _pools[key] = _Pool(to_conninfo(uri))
         return pool
 
@@ -89,22 +188,13 @@ def connection(uri: str, what: str = "use the model database") -> Iterator[psyco
     Use ``with conn.transaction():`` for anything that must be atomic. Errors come out as
     MlflowExceptions (see :func:`translate_errors`).
     """
-    pool = _pool(uri)
     with translate_errors(what, uri):
-        conn = pool.get()
+        pool = _pool(uri)
+        conn = pool.get(what, uri)
         try:
             yield conn
-        except psycopg.OperationalError:
-            conn.close()
-            pool.discard_idle()
-            raise
-        except BaseException:
-            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.close()  # mid-transaction (e.g. interrupted COPY): do not reuse
-            raise
         finally:
-            if not conn.closed:
-                pool.put(conn)
+            pool.put(conn)
 
 
 @contextlib.contextmanager
@@ -126,6 +216,15 @@ def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
     except (pg_errors.DataError, pg_errors.IntegrityError, psycopg.DataError) as e:
         raise MlflowException(f"Cannot {what}: invalid value ({_clean(e)})",
                               error_code=INVALID_PARAMETER_VALUE) from None
+    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
+        # (class 40, not subclasses of TransactionRollback in psycopg.) MLflow's own store says
+        # TEMPORARILY_UNAVAILABLE with "deadlock" in the message, and retries on exactly that.
+        raise MlflowException(
+            f"Cannot {what}: the change collided with a concurrent change of the same data "
+            f"(deadlock or serialization failure: {_clean(e)}) and was rolled back; nothing was "
+            "changed and the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        ) from None
     except psycopg.OperationalError as e:
         where = f" at {redact(uri)}" if uri else ""
         raise MlflowException(

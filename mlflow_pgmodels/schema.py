@@ -7,8 +7,11 @@ import threading
 from pathlib import Path
 
 import psycopg
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+from psycopg import errors as pg_errors
 
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.db import connection, positive_number
 
 SCHEMA_VERSION = 3
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
@@ -16,6 +19,8 @@ SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql", "pgmodels_hist
                 "pgmodels_webhooks.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.
 ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
+LOCK_TIMEOUT_ENV = "MLFLOW_PGMODELS_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 5.0  # seconds an upgrade waits for a table lock before giving up
 
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
@@ -43,14 +48,46 @@ def installed_version(conn: psycopg.Connection) -> int | None:
 def upgrade(conn: psycopg.Connection) -> int | None:
     """Create or upgrade the schema; safe to run at once from many processes.
 
-    Returns the version that was there before (None: no schema), as seen under the lock.
+    Does nothing (and locks no table) when the recorded version is current. Otherwise waits at most
+    ``MLFLOW_PGMODELS_LOCK_TIMEOUT`` seconds for each table lock, so that it never queues every
+    reader of ``models`` behind a long transaction. Returns the version that was there before
+    (None: no schema), as seen under the lock.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-        before = installed_version(conn)
-        for filename in SCHEMA_FILES:
-            conn.execute(read_sql(filename))
+    lock_timeout = positive_number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT, float)
+    before = None
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            before = installed_version(conn)
+            if before is not None and before >= SCHEMA_VERSION:
+                return before
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(lock_timeout * 1000)}ms",))
+            for filename in SCHEMA_FILES:
+                conn.execute(read_sql(filename))
+    except pg_errors.LockNotAvailable:
+        raise _lock_timeout_error(conn, before, lock_timeout) from None
     return before
+
+
+def _lock_timeout_error(conn: psycopg.Connection, before: int | None, waited: float) -> MlflowException:
+    holders = conn.execute(
+        "SELECT a.pid, a.usename, a.application_name, a.state,"
+        "       extract(epoch FROM now() - a.xact_start)::int, string_agg(DISTINCT c.relname, ', ')"
+        " FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.granted AND l.pid <> pg_backend_pid() AND c.relkind IN ('r', 'p')"
+        "   AND c.relnamespace <> 'pg_catalog'::regnamespace"
+        "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " GROUP BY 1, 2, 3, 4, 5 ORDER BY 5 DESC NULLS LAST LIMIT 5").fetchall()
+    held = "; ".join(f"pid {pid} of user {user}, application '{app}', {state} for {age} s, on {tables}"
+                     for pid, user, app, state, age, tables in holders)
+    return MlflowException(
+        f"Cannot upgrade the pgmodels schema from version {before or 'absent'} to {SCHEMA_VERSION}: "
+        f"a table it changes stayed locked by another session for {waited:g} s "
+        f"(held by: {held or 'a session that has ended since'}). The upgrade gave up and changed nothing, "
+        "rather than make every reader of the models table wait behind it. Run `mlflow-pgmodels db "
+        "upgrade` when no long transaction is open on these tables (see pg_stat_activity), or end that "
+        f"session (pg_terminate_backend), then retry; {LOCK_TIMEOUT_ENV} sets how long to wait.",
+        error_code=TEMPORARILY_UNAVAILABLE)
 
 
 def ensure_schema(uri: str) -> None:

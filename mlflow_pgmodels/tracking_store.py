@@ -12,29 +12,38 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     import os
 
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from mlflow_pgmodels.uri import to_sqlalchemy_url
-
-    if artifact_uri is None:
-        artifact_uri = os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
-    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
-        from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore as Store
-    else:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as Store
     from mlflow_pgmodels.db import connection
     from mlflow_pgmodels.schema import ADVISORY_LOCK_KEY
+    from mlflow_pgmodels.uri import to_sqlalchemy_url
 
+    refuse_workspaces()
+    if artifact_uri is None:
+        artifact_uri = os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
     # MLflow creates and migrates its tables on first use without a lock, so processes starting
     # together on a new database collide (duplicate alembic_version); one at a time, like ours.
-    with connection(store_uri, "prepare MLflow's tracking tables") as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
-        try:
-            store = Store(to_sqlalchemy_url(store_uri), artifact_uri)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    # A transaction-scoped lock, held by a transaction that stays open while MLflow's store starts
+    # (on its own connections): it ends with the transaction even behind a transaction pooler.
+    with connection(store_uri, "prepare MLflow's tracking tables") as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _quiet_aborted_pipelines()
     return store
+
+
+def refuse_workspaces() -> None:
+    """Refuse MLflow's workspaces mode (``mlflow server --enable-workspaces``): the store has none."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_STATE
+
+    if MLFLOW_ENABLE_WORKSPACES.get():
+        raise MlflowException(
+            "The pgmodels:// store does not support MLflow workspaces: start `mlflow server` without "
+            "--enable-workspaces and with MLFLOW_ENABLE_WORKSPACES unset (one database per team "
+            "separates registries instead).", error_code=INVALID_STATE)
 
 
 def _quiet_aborted_pipelines() -> None:

@@ -3,16 +3,19 @@ and the SQL files shipped inside the wheel."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import joblib
 import mlflow
+import psycopg
 import pytest
 from mlflow import MlflowClient
 
@@ -104,6 +107,65 @@ def test_db_init_without_a_database_says_how_to_give_one(tmp_path):
                             env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     assert result.returncode == 2
     assert "--uri pgmodels://" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# `db upgrade` on a live database: a long read of `models` is open in another session
+
+@contextlib.contextmanager
+def long_read_of_models(db):
+    """Another session in the middle of a transaction that has read ``models`` (ACCESS SHARE)."""
+    with psycopg.connect(db.server.socket_uri(db.name, scheme="postgresql"), application_name="long-report") as conn:
+        conn.execute("SELECT count(*) FROM models")
+        yield conn
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # never disturbed
+
+
+def run_cli_unless_it_queues_on_models(db, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``mlflow-pgmodels *args``; fails the test as soon as the command waits for a lock on ``models``."""
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    give_up = time.monotonic() + 300  # only so that a hang fails the test instead of stalling the run
+    while proc.poll() is None:
+        if time.monotonic() > give_up:
+            proc.kill()
+            pytest.fail(f"`mlflow-pgmodels {' '.join(args)}` hung")
+        if db.sql("SELECT 1 FROM pg_locks WHERE relation = 'models'::regclass AND NOT granted"
+                  " AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = 'mlflow-pgmodels')"):
+            if not (env or {}).get("MLFLOW_PGMODELS_LOCK_TIMEOUT"):
+                proc.kill()
+                pytest.fail(f"`mlflow-pgmodels {' '.join(args)}` queued for a lock on models")
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_db_upgrade_of_a_current_schema_takes_no_lock_on_models_and_changes_nothing(db):
+    row_version = db.sql("SELECT xmin::text FROM pgm_schema_info")
+    with long_read_of_models(db):
+        result = run_cli_unless_it_queues_on_models(db, "db", "upgrade", "--uri", db.uri)
+    assert result.returncode == 0, result.stderr
+    assert f"pgmodels schema at version {SCHEMA_VERSION} (was {SCHEMA_VERSION})" in result.stdout
+    assert db.sql("SELECT xmin::text FROM pgm_schema_info") == row_version
+
+
+def test_db_upgrade_that_cannot_lock_models_fails_fast_saying_what_holds_it_and_what_to_do(db):
+    db.sql("UPDATE pgm_schema_info SET schema_version = %s", (SCHEMA_VERSION - 1,))
+    with long_read_of_models(db) as reader:
+        failed = run_cli_unless_it_queues_on_models(db, "db", "upgrade", "--registry-only", "--uri", db.uri,
+                                                    env={"MLFLOW_PGMODELS_LOCK_TIMEOUT": "0.5"})
+        reader_pid = reader.info.backend_pid
+    assert failed.returncode == 2 and failed.stdout == ""
+    message = failed.stderr.strip()
+    assert message.count("\n") == 0 and message.startswith("error: Cannot upgrade the pgmodels schema")
+    assert f"pid {reader_pid}" in message and "long-report" in message and "models" in message
+    assert "pg_stat_activity" in message and "retry" in message and "MLFLOW_PGMODELS_LOCK_TIMEOUT" in message
+    assert db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION - 1,)]
+
+    # once the long transaction is over, the same command goes through
+    upgraded = run_cli("db", "upgrade", "--registry-only", "--uri", db.uri)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION,)]
 
 
 # ---------------------------------------------------------------------------------------------
