@@ -312,8 +312,8 @@ class Dispatcher:
             self._wake.clear()
             try:
                 self.deliver_due()
-            except MlflowException as e:  # the database is away: the listener wakes us when it is back
-                _logger.warning("webhook delivery paused: %s", redact(e.message))
+            except Exception as e:  # noqa: BLE001 - e.g. the database is away; the thread must live on
+                _logger.warning("webhook delivery paused: %s", _describe(e))
                 self._stop.wait(2)
 
     def _listen(self) -> None:
