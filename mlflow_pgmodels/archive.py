@@ -289,41 +289,41 @@ class StreamingUnzip:
                 if not self._left:
                     self._close_entry()
                 continue
-            self._buf += view
-            view = memoryview(b"")
-            rest = self._parse_headers()
-            if rest:
-                view = memoryview(rest)
-
-    def _parse_headers(self) -> bytes:
-        """Consume headers from the buffer; returns the bytes after a header whose data follows."""
-        while len(self._buf) >= 4:
-            sig = bytes(self._buf[:4])
-            if sig in (_CENTRAL_DIR, _END):
-                self._done = True
+            # only a header's own bytes are copied, so many small entries cost linear time
+            take = view[:self._header_size() - len(self._buf)]
+            self._buf += take
+            view = view[len(take):]
+            if len(self._buf) == self._header_size():
+                header = bytes(self._buf)
                 self._buf.clear()
-                return b""
-            if sig != ZIP_MAGIC:
-                raise MlflowException(f"{self.what} is not a readable zip archive (bad local header)",
-                                      error_code=DATA_LOSS)
-            if len(self._buf) < _LOCAL_HEADER.size:
-                return b""
-            (_, _, flags, method, _, _, crc, csize, usize, nlen, xlen) = _LOCAL_HEADER.unpack_from(self._buf)
-            end = _LOCAL_HEADER.size + nlen + xlen
-            if len(self._buf) < end:
-                return b""
-            if flags & 0x09 or method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or 0xFFFFFFFF in (csize, usize):
-                raise NotStreamable()
-            name = bytes(self._buf[_LOCAL_HEADER.size:_LOCAL_HEADER.size + nlen]).decode(
-                "utf-8" if flags & 0x800 else "cp437")
-            rest = bytes(self._buf[end:])
-            self._buf.clear()
-            self._open_entry(name, method, crc, csize, usize)
-            if self._left:
-                return rest
+                self._start_entry(header)
+
+    def _header_size(self) -> int:
+        """How many bytes the header that starts ``_buf`` has, as far as its first bytes tell."""
+        buf = self._buf
+        if len(buf) < 4 or bytes(buf[:4]) != ZIP_MAGIC:
+            return 4  # the signature alone says what follows (or that the archive is damaged)
+        if len(buf) < _LOCAL_HEADER.size:
+            return _LOCAL_HEADER.size
+        nlen, xlen = struct.unpack_from("<HH", buf, _LOCAL_HEADER.size - 4)
+        return _LOCAL_HEADER.size + nlen + xlen
+
+    def _start_entry(self, header: bytes) -> None:
+        """Act on one complete header: a local file header, or the central directory (the end)."""
+        sig = header[:4]
+        if sig in (_CENTRAL_DIR, _END):
+            self._done = True
+            return
+        if sig != ZIP_MAGIC:
+            raise MlflowException(f"{self.what} is not a readable zip archive (bad local header)",
+                                  error_code=DATA_LOSS)
+        (_, _, flags, method, _, _, crc, csize, usize, nlen, _) = _LOCAL_HEADER.unpack_from(header)
+        if flags & 0x09 or method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or 0xFFFFFFFF in (csize, usize):
+            raise NotStreamable()
+        name = header[_LOCAL_HEADER.size:_LOCAL_HEADER.size + nlen].decode("utf-8" if flags & 0x800 else "cp437")
+        self._open_entry(name, method, crc, csize, usize)
+        if not self._left:
             self._close_entry()
-            self._buf += rest
-        return b""
 
     def _open_entry(self, name: str, method: int, crc: int, csize: int, usize: int) -> None:
         self._budget.new_entry()
