@@ -94,6 +94,11 @@ class LiveModel:
         """The number of the version being served."""
         return int(self._current[1].version)
 
+    def current(self) -> tuple[Any, int]:
+        """The model and its version number, taken together (a swap can come between two reads)."""
+        model, mv = self._current
+        return model, int(mv.version)
+
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
         """``model.predict`` on the version current when the call starts."""
         return self.model.predict(data, params=params)

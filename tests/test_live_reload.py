@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,3 +157,43 @@ def test_a_database_restart_loses_no_change(tmp_path):
     finally:
         server.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow  # a child process that imports MLflow and fills the sample data: ~20 s
+def test_the_serving_example_follows_a_new_registration(client, db, tmp_path):
+    import mlflow
+    import pandas as pd
+    from sklearn.dummy import DummyRegressor
+
+    features = ["consensus", "previous", "actual", "surprise", "pre_volatility"]
+    X = pd.DataFrame(sample.X[:, [0, 1, 2, 0, 1]], columns=features)
+
+    def register(constant: float) -> None:
+        path = str(tmp_path / f"dummy-{constant}")
+        model = DummyRegressor(strategy="constant", constant=constant).fit(X, sample.X[:, 0])
+        mlflow.sklearn.save_model(model, path, pip_requirements=["scikit-learn"])
+        client.create_model_version("cpi_regression", path)
+
+    client.create_registered_model("cpi_regression")
+    register(1.0)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": db.uri}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "serve_live.py"), "--every", "0.1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def read_until(text: str) -> list[str]:
+            seen, deadline = [], time.monotonic() + 60
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                assert line, "the example exited:\n" + "".join(seen)
+                seen.append(line)
+                if text in line:
+                    return seen
+            raise AssertionError(f"no {text!r} in:\n" + "".join(seen))
+
+        assert "+1.000 from version 1" in read_until("request 1:")[-1]
+        register(2.0)
+        lines = read_until("+2.000 from version 2")
+        assert any("now serving version 2 (was 1)" in line for line in lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
