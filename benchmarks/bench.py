@@ -59,6 +59,13 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     return time.perf_counter() - start
 
 
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything below it, read-only cache entries too."""
+    for top, _, _ in os.walk(path):
+        os.chmod(top, 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def start_postgres(base: Path):
     """An embedded PostgreSQL under ``base`` with a ``bench`` database and the statistics extensions."""
     from mlflow_pgmodels.embedded import EmbeddedPostgres
@@ -114,13 +121,10 @@ class Bench:
 
         Not ``cache clear``: that keeps the entries a live process (this one) is using.
         """
-        old = os.environ.get("MLFLOW_PGMODELS_CACHE_DIR")
+        old = self.base / f"cache{self._caches}"  # never the user's own cache: only ours
         self._caches += 1
         os.environ["MLFLOW_PGMODELS_CACHE_DIR"] = str(self.base / f"cache{self._caches}")
-        if old:
-            for top, _, _ in os.walk(old):
-                os.chmod(top, 0o755)  # entries are read-only
-            shutil.rmtree(old)
+        remove_tree(old)
 
     def phase(self, what: str) -> None:
         """Report on stderr how long the previous phase took; ``what`` starts now."""

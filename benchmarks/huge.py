@@ -11,6 +11,7 @@ from benchmarks.report import Stat
 
 
 def huge(bench: Bench, target_mb: int) -> None:
+    """Register a ``target_mb`` MiB model on both sides, load it with an empty cache, and predict."""
     import mlflow
 
     model, X = huge_model(target_mb)

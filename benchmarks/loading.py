@@ -111,6 +111,7 @@ def concurrent(bench: Bench, size: str, versions: list[str], stock_versions: lis
               None, None, note=f"{len(entries)} cache entry, {len(leftovers)} leftovers; goal: 1")
     if plan.stock_concurrent:
         lone_s = [load_in_child(bench.stock, f"models:/m/{stock_versions[-1]}")["seconds"] for _ in range(plan.lone)]
-        together_s = [r["seconds"] for r in load_together(bench.stock, f"models:/m/{stock_versions[-1]}", n, bench.base)]
+        together_s = [r["seconds"]
+                      for r in load_together(bench.stock, f"models:/m/{stock_versions[-1]}", n, bench.base)]
         bench.row(f"stock MLflow, {n} processes at once (for comparison): slowest", Stat([max(together_s)]),
                   Stat(lone_s, label="stock lone load"), None)

@@ -48,7 +48,8 @@ def metadata(bench: Bench) -> None:
         toast_read += database.toast_blocks_read(bench.pg)
         latest_by_size[n] = got["pgmodels"]["latest"]
         for key, what, goal in QUERIES:
-            bench.row(f"{what}, {n:,} versions", Stat(got["pgmodels"][key]), Stat(got["stock"][key], label="stock"), goal)
+            bench.row(f"{what}, {n:,} versions", Stat(got["pgmodels"][key]),
+                      Stat(got["stock"][key], label="stock"), goal)
     small, large = bench.plan.versions
     bench.row(f"resolve latest: {large:,} versions against {small:,} (flat)", Stat(latest_by_size[large]),
               Stat(latest_by_size[small], label=f"{small:,} versions"), 1.2)

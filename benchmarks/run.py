@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("MLFLOW_PGMODELS_PROGRESS", "0")
 
 from benchmarks import database, loading, registration  # noqa: E402
-from benchmarks.bench import FULL, QUICK, Bench  # noqa: E402
+from benchmarks.bench import FULL, QUICK, Bench, remove_tree  # noqa: E402
 from benchmarks.huge import huge  # noqa: E402
 from benchmarks.metadata import metadata  # noqa: E402
 from benchmarks.models import forest, same_predictions, tiny_model  # noqa: E402
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         measure(bench)
     finally:
         bench.teardown()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_tree(base)
     minutes = (time.time() - started) / 60
     header = (f"`python benchmarks/run.py{' --quick' if args.quick else ''}`, "
               f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {minutes:.1f} min; "
