@@ -55,8 +55,19 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.handler = Handler
+        self.port = 0
+        self.come_back()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def go_down(self) -> None:
+        """Stop listening: connections are refused until come_back."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def come_back(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def events(self) -> list[dict]:
@@ -199,17 +210,27 @@ def test_plain_sql_changes_reach_the_receiver(client, db, webhook_env, receiver,
 
 
 def test_receiver_down_for_a_while_gets_the_event_when_it_returns(client, db, webhook_env, receiver, tmp_path):
+    def attempts_reach(count: int) -> tuple:
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            rows = db.sql("SELECT attempts, status, last_error FROM pgm_webhook_deliveries")
+            if rows and rows[0][0] >= count:
+                return rows[0]
+            time.sleep(0.05)
+        return rows[0] if rows else None
+
     client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
     receiver.answer = 503
     dispatcher = Dispatcher(db.uri).start()
     try:
         register(client, tmp_path)
-        deadline = time.monotonic() + PATIENCE
-        while time.monotonic() < deadline and db.sql("SELECT attempts FROM pgm_webhook_deliveries")[0][0] < 3:
-            time.sleep(0.05)
-        (attempts, status, error), = db.sql("SELECT attempts, status, last_error FROM pgm_webhook_deliveries")
+        _, status, error = attempts_reach(2)  # answering 503
         assert (status, error.split(":")[0]) == ("pending", "HTTP 503")
+        receiver.go_down()
+        attempts, status, error = attempts_reach(4)  # refusing connections
+        assert (status, error.split(":")[0]) == ("pending", "ConnectionError")
         receiver.answer = 200
+        receiver.come_back()
         events = receiver.wait_for(1)
     finally:
         dispatcher.stop()
