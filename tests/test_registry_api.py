@@ -169,6 +169,33 @@ def test_copy_model_version_copies_bytes_inside_the_database(client, db, model_d
     assert loaded.predict(sample.X[:1])[0] == pytest.approx(3.0 * sample.X[0, 0])
 
 
+def test_a_model_named_like_a_logged_model_id_is_still_a_registered_model(client, db, model_dir):
+    # only m-<32 hex> is a LoggedModel id; m-churn is an ordinary registered model name
+    register(client, "m-churn", model_dir)
+
+    copied = client.copy_model_version("models:/m-churn/1", "churn-prod")
+    registered = mlflow.register_model("models:/m-churn/1", "churn-staging")
+
+    assert (copied.name, copied.version, registered.name, registered.version) == ("churn-prod", 1, "churn-staging", 1)
+    digests = {row[0] for row in db.sql("SELECT sha256 FROM models")}
+    assert len(digests) == 1  # copied inside the database, the same bytes
+    assert mlflow.pyfunc.load_model("models:/churn-staging/1").predict(sample.X[:1])[0] == \
+        pytest.approx(3.0 * sample.X[0, 0])
+
+
+def test_a_placeholder_source_is_refused_for_a_model(client, db):
+    # MLflow's prompt sources carry no files; on a model that is not a prompt they would make a
+    # version that becomes latest and never loads
+    client.create_registered_model("churn")
+    for source in ("dummy-source", "prompt-template"):
+        with pytest.raises(MlflowException) as e:
+            client.create_model_version("churn", source)
+        assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert "Invalid model version source" in e.value.message and "churn" in e.value.message
+    assert db.sql("SELECT count(*) FROM models") == [(0,)]
+    assert db.sql("SELECT next_version FROM pgm_registered_models") == [(1,)]
+
+
 def test_download_uri_names_the_row_and_serves_its_files(client, model_dir, tmp_path):
     register(client, "churn model", model_dir)
     uri = client.get_model_version_download_uri("churn model", "1")
@@ -314,6 +341,32 @@ def test_search_error_codes(client, catalog):
     assert code_of(client.search_registered_models, order_by=["bogus"]) == "INVALID_PARAMETER_VALUE"
     assert code_of(client.search_model_versions, order_by=["stage ASC"]) == "INVALID_PARAMETER_VALUE"
     assert code_of(client.search_model_versions, page_token="garbage") == "INVALID_PARAMETER_VALUE"
+
+
+def test_search_orders_and_errors_as_mlflow_does(client, catalog):
+    # after an explicit order, ties break by name ASC, then version DESC (MLflow's own store),
+    # not by what was updated last
+    client.update_model_version("churn", "2", "touched first")
+    client.update_model_version("churn", "1", "touched last")
+    by_name = [(mv.name, int(mv.version)) for mv in client.search_model_versions(
+        "name LIKE 'churn%'", order_by=["name DESC"])]
+    assert by_name == [("churn-eu", 1), ("churn", 2), ("churn", 1)]
+    # a key twice is refused, as MLflow does
+    with pytest.raises(MlflowException, match="duplicate fields"):
+        client.search_model_versions("", order_by=["name ASC", "name DESC"])
+    with pytest.raises(MlflowException, match="duplicate fields"):
+        client.search_registered_models(order_by=["timestamp ASC", "last_updated_timestamp DESC"])
+    with pytest.raises(MlflowException, match="Invalid value for request parameter max_results"):
+        client.search_registered_models(max_results=1001)
+
+
+def test_deleting_a_tag_needs_a_key(client, model_dir):
+    register(client, "churn", model_dir)
+    client.set_registered_model_tag("churn", "team", "risk")
+    store = PgModelsRegistryStore(mlflow.get_tracking_uri())
+    assert code_of(store.delete_registered_model_tag, "churn", None) == "INVALID_PARAMETER_VALUE"
+    assert code_of(store.delete_model_version_tag, "churn", 1, None) == "INVALID_PARAMETER_VALUE"
+    assert client.get_registered_model("churn").tags == {"team": "risk"}
 
 
 # ---------------------------------------------------------------------------------------------
