@@ -306,3 +306,34 @@ def test_alias_moved_through_the_rest_api_of_mlflow_server(client, db, webhook_e
         ("model_version_alias", "created", {"name": "churn", "alias": "champion", "version": "1"}),
         ("model_version_alias", "created", {"name": "churn", "alias": "champion", "version": "2"})]
     assert all(signed(headers, body) for headers, body in receiver.received)
+
+
+def test_prompts_get_mlflows_prompt_events(client, db, webhook_env, receiver):
+    import mlflow
+
+    events = [WebhookEvent(WebhookEntity.PROMPT, WebhookAction.CREATED),
+              WebhookEvent(WebhookEntity.PROMPT_VERSION, WebhookAction.CREATED),
+              WebhookEvent(WebhookEntity.PROMPT_ALIAS, WebhookAction.CREATED), MV_CREATED, RM_CREATED]
+    client.create_webhook("prompts", receiver.url, events=events, secret=SECRET)
+
+    mlflow.genai.register_prompt("greeting", template="Hello {{name}}", tags={"lang": "en"})
+    mlflow.genai.set_prompt_alias("greeting", alias="prod", version=1)
+    Dispatcher(db.uri).deliver_due()
+
+    got = {(e["entity"], e["action"]): e["data"] for e in receiver.events()}
+    assert set(got) == {("prompt", "created"), ("prompt_version", "created"), ("prompt_alias", "created")}
+    assert got[("prompt", "created")]["name"] == "greeting"
+    assert got[("prompt_version", "created")]["template"] == "Hello {{name}}"
+    assert got[("prompt_version", "created")]["tags"]["lang"] == "en"
+    assert got[("prompt_alias", "created")] == {"name": "greeting", "alias": "prod", "version": "1"}
+
+
+def test_test_webhook_sends_mlflows_example_payload_signed(client, webhook_env, receiver):
+    hook = client.create_webhook("ci", receiver.url, events=[ALIAS_CREATED], secret=SECRET)
+
+    result = client.test_webhook(hook.webhook_id)
+
+    assert (result.success, result.response_status) == (True, 200)
+    (headers, body), = receiver.received
+    assert signed(headers, body)
+    assert (json.loads(body)["entity"], json.loads(body)["action"]) == ("model_version_alias", "created")
