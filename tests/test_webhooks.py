@@ -337,3 +337,22 @@ def test_test_webhook_sends_mlflows_example_payload_signed(client, webhook_env, 
     (headers, body), = receiver.received
     assert signed(headers, body)
     assert (json.loads(body)["entity"], json.loads(body)["action"]) == ("model_version_alias", "created")
+
+
+def test_writer_role_runs_webhooks_and_reader_role_cannot_create_them(db, webhook_env, receiver, tmp_path):
+    import mlflow
+
+    writer_uri = db.tcp_uri(*db.login_role("pgmodels_writer"))
+    reader_uri = db.tcp_uri(*db.login_role("pgmodels_reader"))
+    writer = mlflow.MlflowClient(tracking_uri=db.uri, registry_uri=writer_uri)
+    writer.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
+    register(writer, tmp_path)
+    assert Dispatcher(writer_uri).deliver_due() == 1
+    assert [e["data"]["version"] for e in receiver.events()] == ["1"]
+
+    reader = mlflow.MlflowClient(tracking_uri=db.uri, registry_uri=reader_uri)
+    assert [w.name for w in reader.list_webhooks()] == ["ci"]
+    with pytest.raises(MlflowException) as e:
+        reader.create_webhook("nope", receiver.url, events=[MV_CREATED])
+    assert e.value.error_code == "PERMISSION_DENIED"
+    assert reader_uri.split(":")[2].split("@")[0] not in e.value.message  # no password in the error
