@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 
 _PRELOAD = ["mlflow", "mlflow.pyfunc", "mlflow.sklearn", "sklearn.linear_model",
             "mlflow_pgmodels.registry_store", "mlflow_pgmodels.artifact_repo", "tests.sample"]
@@ -32,3 +33,22 @@ def enter(workdir: str, tracking_uri: str | None = None, registry_uri: str | Non
         os.environ.pop(var, None)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
+
+
+def wait_for(what: str, check, timeout: float = 120):
+    """``check()``'s first truthy result, polled until ``timeout`` seconds (then the test fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def register_dir(uri: str, workdir: str, name: str, path: str) -> None:
+    """In a child: register the model directory ``path`` as a new version of ``name``."""
+    from mlflow import MlflowClient
+
+    enter(workdir, tracking_uri=uri)
+    MlflowClient().create_model_version(name, source=path)

@@ -43,40 +43,27 @@ def _small_model_dir(path: str, slope: float) -> str:
     return path
 
 
-def _wait_for(what: str, check, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _predicts_slope(model_uri: str, slope: float) -> bool:
     return mlflow.pyfunc.load_model(model_uri).predict(sample.X[:1])[0] == pytest.approx(slope * sample.X[0, 0])
 
 
 # ---------------------------------------------------------------------- killed registration
-def _register_dir(uri: str, workdir: str, name: str, path: str) -> None:
-    procs.enter(workdir, tracking_uri=uri)
-    MlflowClient().create_model_version(name, source=path)
 
 
 def test_registration_killed_during_copy_leaves_no_trace(client, db, tmp_path, big_model_dir):
     client.create_registered_model("big")
     client.create_model_version("big", _small_model_dir(str(tmp_path / "v1"), 1.0))
 
-    child = procs.context().Process(target=_register_dir,
+    child = procs.context().Process(target=procs.register_dir,
                                     args=(db.uri, str(tmp_path / "child"), "big", big_model_dir))
     child.start()
     # kill it once the COPY of the model bytes is well under way
-    _wait_for("the COPY to be running", lambda: db.sql(
+    procs.wait_for("the COPY to be running", lambda: db.sql(
         "SELECT 1 FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid)"
         " WHERE p.datname = current_database() AND a.query LIKE 'COPY%%' AND p.bytes_processed > 20000000"))
     os.kill(child.pid, signal.SIGKILL)
     child.join()
-    _wait_for("the killed backend to go away", lambda: not db.sql(
+    procs.wait_for("the killed backend to go away", lambda: not db.sql(
         "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY%%'"))
 
     assert child.exitcode == -signal.SIGKILL
@@ -132,16 +119,16 @@ def test_loop_survives_a_database_restart(pg, client, db, tmp_path):
                                     args=(db.uri, str(tmp_path / "child"), "m", stop_file, log_file))
     child.start()
     try:
-        _wait_for("the loop to work", lambda: ok_after(0) >= 6)
+        procs.wait_for("the loop to work", lambda: ok_after(0) >= 6)
         pg.stop()
         try:
             down = time.time()
-            _wait_for("a call to fail while the server is down", lambda: any(
+            procs.wait_for("a call to fail while the server is down", lambda: any(
                 "error" in e for e in entries() if e["time"] > down), timeout=60)
         finally:
             pg.start()
         up = time.time()
-        _wait_for("the loop to recover", lambda: ok_after(up) >= 6)
+        procs.wait_for("the loop to recover", lambda: ok_after(up) >= 6)
     finally:
         open(stop_file, "w").close()
         child.join(60)
@@ -173,7 +160,7 @@ def test_connection_lost_mid_download_leaves_no_cache_entry(client, db, big_mode
                 return conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                     " AND query LIKE '%%substring(model_binary%%' AND pid <> pg_backend_pid()").fetchone()
-            pid = _wait_for("the download to start", reader, timeout=60)[0]
+            pid = procs.wait_for("the download to start", reader, timeout=60)[0]
             killed.append(conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0])
 
     killer = threading.Thread(target=kill_the_reader)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import mlflow
 import numpy as np
@@ -23,21 +22,6 @@ from tests import procs, sample
 BIG_BYTES = 300 * 1024 * 1024
 
 
-def _wait_for(what: str, check, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _register_dir(uri: str, workdir: str, name: str, path: str) -> None:
-    procs.enter(workdir, tracking_uri=uri)
-    MlflowClient().create_model_version(name, source=path)
-
-
 @pytest.mark.slow
 def test_the_model_stays_writable_while_a_large_version_uploads(client, db, tmp_path):
     big = str(tmp_path / "big")
@@ -47,9 +31,9 @@ def test_the_model_stays_writable_while_a_large_version_uploads(client, db, tmp_
     client.create_registered_model("churn")
     client.create_model_version("churn", sample.saved(tmp_path / "v1", sample.regressor(1.0)))
 
-    upload = procs.context().Process(target=_register_dir, args=(db.uri, str(tmp_path / "child"), "churn", big))
+    upload = procs.context().Process(target=procs.register_dir, args=(db.uri, str(tmp_path / "child"), "churn", big))
     upload.start()
-    _wait_for("the upload's COPY to be under way", lambda: db.sql(
+    procs.wait_for("the upload's COPY to be under way", lambda: db.sql(
         "SELECT 1 FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid)"
         " WHERE p.datname = current_database() AND a.query LIKE 'COPY%%' AND p.bytes_processed > 10000000"))
 
@@ -91,7 +75,7 @@ def test_a_registration_that_races_a_delete_or_rename_is_told_the_model_is_gone(
         other.execute(change)  # not committed yet: the registration starts while it is in flight
         thread = threading.Thread(target=register)
         thread.start()
-        _wait_for("the registration to wait for the other transaction", lambda: db.sql(
+        procs.wait_for("the registration to wait for the other transaction", lambda: db.sql(
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
         other.commit()
     thread.join()
