@@ -58,31 +58,32 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
-CREATE OR REPLACE FUNCTION pgm_history_version_fields(m models) RETURNS JSONB AS $$
-    SELECT jsonb_build_object('source', m.source, 'run_id', m.run_id, 'model_id', m.model_id,
-                              'event', m.event, 'model_type', m.model_type, 'is_active', m.is_active,
-                              'stage', m.stage, 'description', m.description, 'user_id', m.user_id)
+-- A version's recorded fields. Column by column, never the whole row: a models row as a value
+-- would carry its model_binary, read out of TOAST (a 100 MB model: seconds per change).
+CREATE OR REPLACE FUNCTION pgm_history_version_fields(source TEXT, run_id TEXT, model_id TEXT, event TEXT,
+        model_type TEXT, is_active BOOLEAN, stage TEXT, description TEXT, user_id TEXT) RETURNS JSONB AS $$
+    SELECT jsonb_build_object('source', source, 'run_id', run_id, 'model_id', model_id, 'event', event,
+                              'model_type', model_type, 'is_active', is_active, 'stage', stage,
+                              'description', description, 'user_id', user_id)
 $$ LANGUAGE sql IMMUTABLE;
 
 -- models: versions created / deleted, stage and is_active, description, the event and
 -- model_type columns (tags).
 CREATE OR REPLACE FUNCTION pgm_history_models() RETURNS trigger AS $$
-DECLARE
-    col TEXT;
-    o TEXT;
-    n TEXT;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.version > 0 THEN
             PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_created', NULL,
-                                       pgm_history_version_fields(NEW));
+                                       pgm_history_version_fields(NEW.source, NEW.run_id, NEW.model_id, NEW.event,
+                                           NEW.model_type, NEW.is_active, NEW.stage, NEW.description, NEW.user_id));
         END IF;
         RETURN NULL;
     ELSIF TG_OP = 'DELETE' THEN
         -- a version going with its registered model: registered_model_deleted is the record
         IF OLD.version > 0 AND EXISTS (SELECT 1 FROM pgm_registered_models WHERE name = OLD.name) THEN
             PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_deleted',
-                                       pgm_history_version_fields(OLD), NULL);
+                                       pgm_history_version_fields(OLD.source, OLD.run_id, OLD.model_id, OLD.event,
+                                           OLD.model_type, OLD.is_active, OLD.stage, OLD.description, OLD.user_id), NULL);
         END IF;
         RETURN NULL;
     END IF;
@@ -92,11 +93,13 @@ BEGIN
     IF OLD.version <> NEW.version THEN
         IF OLD.version > 0 THEN
             PERFORM pgm_history_record(OLD.name, OLD.version, 'model_version_deleted',
-                                       pgm_history_version_fields(OLD), NULL);
+                                       pgm_history_version_fields(OLD.source, OLD.run_id, OLD.model_id, OLD.event,
+                                           OLD.model_type, OLD.is_active, OLD.stage, OLD.description, OLD.user_id), NULL);
         END IF;
         IF NEW.version > 0 THEN
             PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_created', NULL,
-                                       pgm_history_version_fields(NEW));
+                                       pgm_history_version_fields(NEW.source, NEW.run_id, NEW.model_id, NEW.event,
+                                           NEW.model_type, NEW.is_active, NEW.stage, NEW.description, NEW.user_id));
             PERFORM pgm_history_version_tags(NEW.name, ARRAY[OLD.version, NEW.version]);
         END IF;
         RETURN NULL;
@@ -114,15 +117,16 @@ BEGIN
                                    jsonb_build_object('description', OLD.description),
                                    jsonb_build_object('description', NEW.description));
     END IF;
-    FOREACH col IN ARRAY ARRAY['event', 'model_type'] LOOP
-        o := to_jsonb(OLD) ->> col;
-        n := to_jsonb(NEW) ->> col;
-        IF o IS DISTINCT FROM n THEN
-            PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
-                                       jsonb_build_object('key', col, 'value', o),
-                                       jsonb_build_object('key', col, 'value', n));
-        END IF;
-    END LOOP;
+    IF OLD.event IS DISTINCT FROM NEW.event THEN
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
+                                   jsonb_build_object('key', 'event', 'value', OLD.event),
+                                   jsonb_build_object('key', 'event', 'value', NEW.event));
+    END IF;
+    IF OLD.model_type IS DISTINCT FROM NEW.model_type THEN
+        PERFORM pgm_history_record(NEW.name, NEW.version, 'model_version_tag_set',
+                                   jsonb_build_object('key', 'model_type', 'value', OLD.model_type),
+                                   jsonb_build_object('key', 'model_type', 'value', NEW.model_type));
+    END IF;
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;

@@ -236,3 +236,18 @@ def test_each_row_is_announced_on_pgmodels_changes(db):
     assert created.id == ids[0] and created.action == "registered_model_created" and created.name == "churn"
     assert created.new == {"description": "short", "tags": {}} and created.db_user == "postgres"
     assert parse_notification(payloads[1]) == ids[1]  # too long for a payload: its id
+
+
+def test_recording_a_change_of_a_version_reads_none_of_its_bytes(db):
+    """A stage change of a big model is recorded without fetching the model out of TOAST."""
+    db.sql("INSERT INTO models (name, version, model_type, event, model_binary) VALUES ('big', 1, 't', 'e', %s)",
+           (bytes(range(256)) * 8192,))  # 2 MiB, stored out of line
+    [[toast]] = db.sql("SELECT reltoastrelid FROM pg_class WHERE oid = 'models'::regclass")
+    with psycopg.connect(db.server.socket_uri(db.name, scheme="postgresql")) as conn, conn.transaction():
+        conn.execute("UPDATE models SET stage = 'Production', description = 'd', event = 'cpi' WHERE name = 'big'")
+        [[fetched]] = conn.execute("SELECT pg_stat_get_xact_blocks_fetched(%s)", (toast,)).fetchall()
+        conn.execute("DELETE FROM models WHERE name = 'big'")  # (removing the bytes reads their chunks)
+    assert fetched < 10
+    assert [r[0] for r in db.sql("SELECT action FROM pgm_history WHERE name = 'big' AND version = 1 ORDER BY id")] == [
+        "model_version_created", "model_version_stage_changed", "model_version_description_changed",
+        "model_version_tag_set", "model_version_deleted"]
