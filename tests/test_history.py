@@ -137,6 +137,8 @@ def test_every_change_is_recorded_once_with_old_and_new(client, db, tmp_path, ma
     assert {r[5] for r in rows} == {"postgres"}
     if make_changes is _by_plain_sql:
         assert {r[6] for r in rows} == {None}  # no MLflow user behind plain SQL
+    else:
+        assert None not in {r[6] for r in rows}  # the store names the MLflow user of each change
 
 
 def test_a_registration_under_a_placeholder_number_is_one_creation_under_the_final_number(db):
