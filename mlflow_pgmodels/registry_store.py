@@ -116,10 +116,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             if not inserted:
                 from mlflow.prompt.registry_utils import handle_resource_already_exist_error
 
-                is_prompt = conn.execute(
-                    f"SELECT {search.is_prompt_sql('pgm_registered_model_tags t WHERE t.name = %s')}",
-                    (name, IS_PROMPT_TAG_KEY)).fetchone()[0]
-                handle_resource_already_exist_error(name, is_prompt, IS_PROMPT_TAG_KEY in tags)
+                handle_resource_already_exist_error(name, search.is_prompt(conn, name), IS_PROMPT_TAG_KEY in tags)
                 raise MlflowException(f"Registered Model (name={name}) already exists.", RESOURCE_ALREADY_EXISTS)
             conn.cursor().executemany(
                 "INSERT INTO pgm_registered_model_tags (name, key, value) VALUES (%s, %s, %s)",

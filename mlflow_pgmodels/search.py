@@ -44,6 +44,12 @@ def is_prompt_sql(tags_from: str) -> str:
     return f"EXISTS (SELECT 1 FROM {tags_from} AND t.key = %s AND t.value = 'true')"
 
 
+def is_prompt(conn, name: str) -> bool:
+    """Whether the registered model ``name`` is a prompt."""
+    return conn.execute(f"SELECT {is_prompt_sql('pgm_registered_model_tags t WHERE t.name = %s')}",
+                        (name, IS_PROMPT_TAG_KEY)).fetchone()[0]
+
+
 def registered_models_sql(filter_string: str | None, max_results: Any, order_by: list[str] | None,
                           page_token: str | None) -> tuple[str, list, int, int]:
     """``(sql, params, max_results, offset)`` of one page (plus one row, to tell if there is another)."""

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from psycopg import errors as pg_errors
 
-from mlflow_pgmodels import actor, blobs, column_tags
+from mlflow_pgmodels import actor, blobs, column_tags, search
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.entities import MV_COLUMNS, model_not_found, model_version, version_not_found
 
@@ -87,9 +87,7 @@ def without_files(uri: str, new: NewVersion) -> ModelVersion:
     insert_empty = _empty_writer(new)
 
     def write(conn, version: int, columns: dict[str, str]) -> None:
-        if new.tags.get(IS_PROMPT_TAG_KEY) != "true" and not conn.execute(
-                "SELECT 1 FROM pgm_registered_model_tags WHERE name = %s AND key = %s AND value = 'true'",
-                (new.name, IS_PROMPT_TAG_KEY)).fetchone():
+        if new.tags.get(IS_PROMPT_TAG_KEY) != "true" and not search.is_prompt(conn, new.name):
             raise MlflowException.invalid_parameter_value(
                 f"Invalid model version source: {new.source!r}. A version of model '{new.name}' needs the "
                 "model's files: pass the URI of an MLflow model as source (runs:/<run id>/<path>, "
