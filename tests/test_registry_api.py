@@ -418,15 +418,6 @@ def test_rest_shaped_arguments(db, model_dir):
     assert store.get_registered_model("churn").tags == {"team": "risk", "tier": ""}
 
 
-def test_webhooks_are_not_supported_quietly(db):
-    store = PgModelsRegistryStore(db.uri)
-    assert list(store.list_webhooks()) == [] and store.list_webhooks().token is None
-    assert list(store.list_webhooks_by_event(None)) == []
-    with pytest.raises(MlflowException) as e:
-        store.create_webhook(name="w", url="http://x", events=[])
-    assert e.value.error_code == "NOT_IMPLEMENTED"  # HTTP 501: not retried by REST clients
-
-
 # ---------------------------------------------------------------------------------------------
 # prompts live in the same registry
 
