@@ -25,7 +25,7 @@ from tests.mlflow_server import mlflow_server  # noqa: E402
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pgmodels-screenshots-"))
     work.chmod(0o755)  # the embedded server runs as its own user when we are root
-    postgres = EmbeddedPostgres(work / "data").start()
+    postgres = EmbeddedPostgres(work / "data", durable=False).start()
     try:
         postgres.psql("CREATE DATABASE mlflow")
         with mlflow_server(work / "server", postgres.socket_uri("mlflow")) as server:
