@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 import psycopg
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry.model_version_stages import get_canonical_stage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.store.artifact.utils.models import _parse_model_uri
@@ -133,7 +134,7 @@ class LiveModel:
         if t.version:
             return self._store.get_model_version(t.name, t.version)
         if t.stage:
-            found = self._store.get_latest_versions(t.name, [t.stage])
+            found = self._store.get_latest_versions(t.name, [get_canonical_stage(t.stage)])
             if not found:
                 raise MlflowException.invalid_parameter_value(
                     f"Registered model '{t.name}' has no version in stage '{t.stage}'.")
@@ -211,7 +212,9 @@ class LiveModel:
                         self._refresh()
                     if self._stop.is_set():
                         break
-            except (psycopg.Error, MlflowException, _Lost) as e:
+            except Exception as e:  # connection lost, or anything unforeseen: start over, then catch up
+                if not isinstance(e, (psycopg.Error, MlflowException, _Lost)):
+                    _log.exception("%s: unexpected error while listening", self.model_uri)
                 if conn is not None:
                     conn.close()
                     conn = None

@@ -224,6 +224,7 @@ def test_only_the_owner_can_alter_the_history(client, db, tmp_path):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)
     assert db.sql("SELECT count(*), min(db_user) FROM pgm_history") == [(1, writer)]
+    assert [c.db_user for c in model_history(db.tcp_uri(reader, reader_password), "churn")] == [writer]
 
 
 def test_each_row_is_announced_on_pgmodels_changes(db):

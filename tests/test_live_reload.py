@@ -81,7 +81,7 @@ def test_a_stage_uri_follows_transitions(client, db, tmp_path):
     for slope in (1.0, 2.0):
         _register(client, tmp_path, "churn", slope)
     client.transition_model_version_stage("churn", 1, "Production")
-    with LiveModel("models:/churn/Production", uri=db.uri) as live:
+    with LiveModel("models:/churn/production", uri=db.uri) as live:  # stages are case-insensitive
         assert live.version == 1
         client.transition_model_version_stage("churn", 2, "Production", archive_existing_versions=True)
         _wait("version 2", lambda: live.version == 2)
@@ -118,6 +118,7 @@ def test_close_stops_listening(client, db, tmp_path):
     ("runs:/abc/model", "INVALID_PARAMETER_VALUE"),
     ("models:/nobody/latest", "RESOURCE_DOES_NOT_EXIST"),
     ("models:/churn@nobody", "INVALID_PARAMETER_VALUE"),
+    ("models:/churn/Nonsense", "INVALID_PARAMETER_VALUE"),    # no such stage
 ])
 def test_bad_uris_are_refused_up_front(client, db, tmp_path, model_uri, code):
     client.create_registered_model("churn")
