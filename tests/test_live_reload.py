@@ -132,7 +132,7 @@ def test_a_database_restart_loses_no_change(tmp_path):
     """A change made while the handle cannot reach the database is served once it can again."""
     base = tempfile.mkdtemp(prefix="pgmodels-restart-")
     os.chmod(base, 0o755)  # the server's own user must reach its socket (as in conftest.py)
-    server = EmbeddedPostgres(Path(base) / "data", tcp=True).start()
+    server = EmbeddedPostgres(Path(base) / "data", tcp=True, durable=False).start()
     try:
         server.psql("CREATE DATABASE live")
         owner_uri = server.socket_uri("live")
