@@ -54,11 +54,11 @@ def registered_models_sql(filter_string: str | None, max_results: Any, order_by:
                           page_token: str | None) -> tuple[str, list, int, int]:
     """``(sql, params, max_results, offset)`` of one page (plus one row, to tell if there is another)."""
     max_results = _max_results(max_results, SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
-                               SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD)
+                               SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD, type_first=False)
     where, params = _where(SearchModelUtils, filter_string, {"name": "r.name"}, _RM_TAGS, {})
     order = _order_by(order_by, _parse_rm_order, _RM_ORDER, ["r.name ASC"])
     offset = SearchUtils.parse_start_offset_from_page_token(page_token)
-    sql = f"SELECT {RM_COLUMNS} FROM pgm_registered_models r {where} ORDER BY {order} LIMIT %s OFFSET %s"
+    sql = _page_sql(RM_COLUMNS, "pgm_registered_models r", where, order)
     return sql, [*params, max_results + 1, offset], max_results, offset
 
 
@@ -66,14 +66,25 @@ def model_versions_sql(filter_string: str | None, max_results: Any, order_by: li
                        page_token: str | None) -> tuple[str, list, int, int]:
     """``(sql, params, max_results, offset)`` of one page (plus one row, to tell if there is another)."""
     max_results = _max_results(max_results, SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT,
-                               SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
+                               SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD, type_first=True)
     where, params = _where(SearchModelVersionUtils, filter_string, _MV_ATTRIBUTES, _MV_TAGS,
                            {key: f"m.{key}" for key in column_tags.COLUMNS})
     order = _order_by(order_by or ["last_updated_timestamp DESC"], _parse_mv_order, _MV_ORDER,
                       ["m.name ASC", "m.version DESC"])
     offset = SearchUtils.parse_start_offset_from_page_token(page_token)
-    sql = f"SELECT {MV_COLUMNS} FROM models m {where} ORDER BY {order} LIMIT %s OFFSET %s"
+    sql = _page_sql(MV_COLUMNS, "models m", where, order)
     return sql, [*params, max_results + 1, offset], max_results, offset
+
+
+def _page_sql(columns: str, table: str, where: str, order: str) -> str:
+    """One page (``LIMIT %s OFFSET %s``) of ``table`` (``name alias``), then ``columns`` of its rows only.
+
+    The page is cut in a subquery: otherwise PostgreSQL computes the columns' tag and alias
+    subqueries for every row that OFFSET skips too (page 50 of 100 took 97 ms instead of 2).
+    """
+    alias = table.split()[1]
+    return (f"SELECT {columns} FROM (SELECT {alias}.* FROM {table} {where} ORDER BY {order} LIMIT %s OFFSET %s)"
+            f" {alias} ORDER BY {order}")
 
 
 def next_page_token(rows_fetched: int, max_results: int, offset: int) -> str | None:
@@ -211,15 +222,19 @@ def _order_by(order_by: list[str] | None, parse, columns: dict[str, str], tie_br
     return ", ".join(terms)
 
 
-def _max_results(value: Any, default: int, threshold: int) -> int:
-    """``max_results`` checked with MLflow's own messages."""
+def _max_results(value: Any, default: int, threshold: int, type_first: bool) -> int:
+    """``max_results`` checked with MLflow's own messages, in its order (``type_first``: versions)."""
     if value is None:
         return default
+    not_positive_int = not isinstance(value, int) or isinstance(value, bool) or value < 1
+    if type_first and not_positive_int:
+        raise MlflowException.invalid_parameter_value(
+            f"Invalid value for max_results. It must be a positive integer, but got {value}")
     if isinstance(value, (int, float)) and value > threshold:
         raise MlflowException.invalid_parameter_value(
             "Invalid value for request parameter max_results. It must be at most "
             f"{threshold}, but got value {value}")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not_positive_int:
         raise MlflowException.invalid_parameter_value(
             f"Invalid value for max_results. It must be a positive integer, but got {value}")
     return value

@@ -358,6 +358,8 @@ def test_search_orders_and_errors_as_mlflow_does(client, catalog):
         client.search_registered_models(order_by=["timestamp ASC", "last_updated_timestamp DESC"])
     with pytest.raises(MlflowException, match="Invalid value for request parameter max_results"):
         client.search_registered_models(max_results=1001)
+    with pytest.raises(MlflowException, match=r"Invalid value for max_results\. It must be a positive integer"):
+        client.search_model_versions("", max_results=1e15)
 
 
 def test_deleting_a_tag_needs_a_key(client, model_dir):
