@@ -26,6 +26,9 @@ from mlflow_pgmodels.uri import redact, to_conninfo
 
 POOL_MAX_SIZE_ENV = "MLFLOW_PGMODELS_POOL_MAX_SIZE"
 POOL_TIMEOUT_ENV = "MLFLOW_PGMODELS_POOL_TIMEOUT"
+READ_URI_ENV = "MLFLOW_PGMODELS_READ_URI"
+READ_WAIT_ENV = "MLFLOW_PGMODELS_READ_WAIT"
+DEFAULT_READ_WAIT = 1.0  # seconds a read waits for the standby to replay this process's writes
 # 8 per process: a default `mlflow server` (4 workers) then needs 4 × (8 + MLflow's 5 + 10) = 92
 # connections with the tracking half, inside PostgreSQL's default max_connections of 100.
 DEFAULT_POOL_MAX_SIZE = 8
@@ -62,6 +65,36 @@ def connect_kwargs(conninfo: str) -> dict:
         kwargs["application_name"] = _POOL_NAME
     kwargs.update({k: v for k, v in KEEPALIVES.items() if k not in params})
     return kwargs
+
+
+def behind_transaction_pooler(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` goes through a transaction pooler such as PgBouncer (not to one backend of its own).
+
+    A pooler answers the startup with its own cancel key, so the backend pid the connection was
+    told differs from the one that runs its statements.
+    """
+    return conn.info.backend_pid != conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def for_poolers(conn: psycopg.Connection) -> None:
+    """Set up a new connection: no server-side prepared statements behind a transaction pooler.
+
+    Each transaction may run on another backend there, where a statement prepared on the last
+    one does not exist (PgBouncer before 1.21 does not carry them over).
+    """
+    if behind_transaction_pooler(conn):
+        conn.prepare_threshold = None
+
+
+def require_session(conn: psycopg.Connection, what: str, uri: str) -> None:
+    """Refuse ``conn`` for what needs a session of its own (``LISTEN``) when it goes through a pooler."""
+    if behind_transaction_pooler(conn):
+        raise MlflowException(
+            f"Cannot {what} through {redact(uri)}: it reaches PostgreSQL through a transaction-pooling "
+            "connection pooler (such as PgBouncer with pool_mode = transaction), where LISTEN and its "
+            "notifications do not stay on one connection. Give this a URI that connects to PostgreSQL "
+            "directly (or through a session-pooling pool); see docs/scaling.md.",
+            error_code=INVALID_PARAMETER_VALUE)
 
 
 class _PooledConnection(psycopg.Connection):
@@ -103,7 +136,8 @@ class _Pool:
         # reconnection loop while the server is down. reconnect_timeout 0: a failed attempt is
         # given up at once, so the next call tries again instead of waiting for a backoff.
         return ConnectionPool(self._conninfo, connection_class=self._connection_class,
-                              kwargs=connect_kwargs(self._conninfo), min_size=0, max_size=self.max_size,
+                              kwargs=connect_kwargs(self._conninfo), configure=for_poolers,
+                              min_size=0, max_size=self.max_size,
                               timeout=self.timeout, reconnect_timeout=0, name=_POOL_NAME, open=True)
 
     def _failed(self, error: psycopg.OperationalError) -> None:
@@ -193,8 +227,77 @@ def connection(uri: str, what: str = "use the model database") -> Iterator[psyco
         conn = pool.get(what, uri)
         try:
             yield conn
+            if os.environ.get(READ_URI_ENV):
+                _remember(uri, _position(conn))
         finally:
             pool.put(conn)
+
+
+@contextlib.contextmanager
+def read_connection(uri: str, what: str = "read the model database") -> Iterator[psycopg.Connection]:
+    """A connection for reads: to ``MLFLOW_PGMODELS_READ_URI`` (a hot standby) when that is set,
+    reachable and has replayed all this process has written or read, else to ``uri`` (the primary).
+
+    Read-your-writes and monotonic reads within a process: the standby is used only once it has
+    replayed up to the highest WAL position this process saw for ``uri``, waiting at most
+    ``MLFLOW_PGMODELS_READ_WAIT`` seconds for it.
+    """
+    read_uri = os.environ.get(READ_URI_ENV, "").strip()
+    if read_uri and read_uri != uri:
+        pool = _pool(read_uri)
+        conn = _caught_up(pool, what, read_uri, _seen.get(uri, 0))
+        if conn is not None:
+            with translate_errors(what, read_uri):
+                try:
+                    yield conn
+                    _remember(uri, _position(conn))
+                finally:
+                    pool.put(conn)
+            return
+    with connection(uri, what) as conn:
+        yield conn
+
+
+_seen: dict[str, int] = {}  # store URI -> the highest WAL position this process wrote or read there
+_seen_lock = threading.Lock()
+
+
+def _position(conn: psycopg.Connection) -> int:
+    """The WAL position of what ``conn`` sees: replayed on a standby, written on a primary."""
+    lsn = conn.execute("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                       " ELSE pg_current_wal_insert_lsn() END").fetchone()[0]
+    high, _, low = (lsn or "0/0").partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _remember(uri: str, position: int) -> None:
+    with _seen_lock:
+        _seen[uri] = max(_seen.get(uri, 0), position)
+
+
+def _caught_up(pool: _Pool, what: str, read_uri: str, position: int) -> psycopg.Connection | None:
+    """A connection of ``pool`` whose server has reached ``position``; None if it is unreachable or behind."""
+    try:
+        conn = pool.get(what, read_uri)
+    except (psycopg.Error, MlflowException):
+        return None
+    try:
+        if _replayed(conn, position):
+            return conn
+    except psycopg.Error:
+        pass
+    pool.put(conn)
+    return None
+
+
+def _replayed(conn: psycopg.Connection, position: int) -> bool:
+    """Whether ``conn``'s server reaches ``position`` within MLFLOW_PGMODELS_READ_WAIT seconds."""
+    deadline = time.monotonic() + positive_number(READ_WAIT_ENV, DEFAULT_READ_WAIT, float)
+    while _position(conn) < position:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @contextlib.contextmanager
@@ -216,6 +319,14 @@ def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
     except (pg_errors.DataError, pg_errors.IntegrityError, psycopg.DataError) as e:
         raise MlflowException(f"Cannot {what}: invalid value ({_clean(e)})",
                               error_code=INVALID_PARAMETER_VALUE) from None
+    except pg_errors.ReadOnlySqlTransaction as e:
+        # a standby, or a primary being demoted: during a failover, until the URI reaches the new primary
+        raise MlflowException(
+            f"Cannot {what}: the database server is read-only now ({_clean(e)}): a standby, or a failover "
+            "is under way. Writes need the primary: list it in the URI with target_session_attrs=read-write "
+            "(pgmodels://host1,host2/db?target_session_attrs=read-write); the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        ) from None
     except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
         # (class 40, not subclasses of TransactionRollback in psycopg.) MLflow's own store says
         # TEMPORARILY_UNAVAILABLE with "deadlock" in the message, and retries on exactly that.

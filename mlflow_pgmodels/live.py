@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.store.artifact.utils.models import _parse_model_uri
 
-from mlflow_pgmodels.db import translate_errors
+from mlflow_pgmodels.db import require_session, translate_errors
 from mlflow_pgmodels.fetch import DatabaseSource
 from mlflow_pgmodels.history import CHANNEL, parse_notification
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
@@ -194,6 +194,11 @@ class LiveModel:
             conn = psycopg.connect(to_conninfo(self.uri), autocommit=True, connect_timeout=10,
                                    application_name="mlflow-pgmodels live", keepalives=1,
                                    keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+            try:
+                require_session(conn, f"listen for changes of '{self.name}'", self.uri)
+            except MlflowException:
+                conn.close()
+                raise
             conn.execute(f"LISTEN {CHANNEL}")
         self.connected = True
         return conn

@@ -39,7 +39,7 @@ from mlflow.utils.validation import (
 
 from mlflow_pgmodels import actor, archive, column_tags, search, sources, versions
 from mlflow_pgmodels.arguments import blank as _blank, name as _name, tags as _tags, version as _version
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.entities import (
     ACTIVE_SQL,
     MV_COLUMNS,
@@ -68,7 +68,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         return f"PgModelsRegistryStore({redact(self.store_uri)!r})"
 
     def _read(self, what: str):
-        return connection(self.store_uri, what)
+        """A connection for reads: a hot standby's when MLFLOW_PGMODELS_READ_URI names one (db.read_connection)."""
+        return read_connection(self.store_uri, what)
 
     @contextlib.contextmanager
     def _write(self, what: str):

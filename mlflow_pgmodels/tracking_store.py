@@ -28,6 +28,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     with connection(store_uri, "prepare MLflow's tracking tables") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
+    _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _quiet_aborted_pipelines()
     return store
@@ -44,6 +45,23 @@ def refuse_workspaces() -> None:
             "The pgmodels:// store does not support MLflow workspaces: start `mlflow server` without "
             "--enable-workspaces and with MLFLOW_ENABLE_WORKSPACES unset (one database per team "
             "separates registries instead).", error_code=INVALID_STATE)
+
+
+def _for_poolers(engine) -> None:
+    """No server-side prepared statements on MLflow's connections behind a transaction pooler (PgBouncer).
+
+    Set on each new connection; the ones the store opened while starting are closed.
+    """
+    from sqlalchemy import event
+
+    from mlflow_pgmodels.db import for_poolers
+
+    def on_connect(dbapi_connection, record) -> None:
+        for_poolers(dbapi_connection)
+        dbapi_connection.rollback()  # the check's transaction; SQLAlchemy expects none open
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()
 
 
 def _quiet_aborted_pipelines() -> None:
