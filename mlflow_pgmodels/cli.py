@@ -94,13 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("action", choices=["status", "stop"])
     embedded.set_defaults(func=_embedded)
 
-    from mlflow_pgmodels import import_registry, migrate
+    from mlflow_pgmodels import import_registry, migrate, webhooks_command
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)
-    from mlflow_pgmodels import webhook_delivery
-
-    webhook_delivery.add_parser(sub)
+    webhooks_command.add_parser(sub)
 
     history = sub.add_parser(
         "history", help="what changed in a registered model, when and by whom (newest first)",
