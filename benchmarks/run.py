@@ -9,7 +9,8 @@ benchmarks/results/latest.json (``--quick``: quick.json); a full run also puts t
 docs/performance.md. Issue 5 lists the goals; docs/performance.md explains the results.
 
 One module per measurement family: registration (writes), loading (reads), metadata (registry
-queries), huge (the 512 MB model); bench, models, database and processes are what they share.
+queries), scale (the Models list and searches at 10,000 models against stock MLflow on PostgreSQL),
+huge (the 512 MB model); bench, models, database and processes are what they share.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from benchmarks.huge import huge  # noqa: E402
 from benchmarks.metadata import metadata  # noqa: E402
 from benchmarks.models import forest, same_predictions, tiny_model  # noqa: E402
 from benchmarks.report import save, table, update_docs  # noqa: E402
+from benchmarks.scale import scale  # noqa: E402
 
 
 def measure(bench: Bench) -> None:
@@ -64,6 +66,8 @@ def measure(bench: Bench) -> None:
     loading.concurrent(bench, size, versions["pgmodels"], versions["stock"])
     bench.phase("metadata")
     metadata(bench)
+    bench.phase("scale")
+    scale(bench)
     if plan.huge_mb:
         del big
         bench.phase("huge model")

@@ -101,6 +101,10 @@ CREATE TABLE IF NOT EXISTS pgm_model_version_tags (
         ON UPDATE CASCADE ON DELETE CASCADE
 );
 
+-- search_model_versions("tags.k = 'v'"): the versions with that tag value, without reading every
+-- tag. A hash index: a value can be up to 100,000 characters, more than a btree entry holds.
+CREATE INDEX IF NOT EXISTS pgm_model_version_tags_value_idx ON pgm_model_version_tags USING hash (value);
+
 CREATE TABLE IF NOT EXISTS pgm_aliases (
     name VARCHAR(255) NOT NULL,
     alias VARCHAR(255) NOT NULL,
