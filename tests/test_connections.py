@@ -58,6 +58,16 @@ def test_a_call_waits_for_a_connection_to_come_free(db, monkeypatch):
     assert _our_backends(db) == 1
 
 
+@pytest.mark.parametrize("env, value", [("MLFLOW_PGMODELS_POOL_MAX_SIZE", "eight"),
+                                        ("MLFLOW_PGMODELS_POOL_TIMEOUT", "-1")])
+def test_a_bad_pool_setting_is_refused_naming_it(db, monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(MlflowException) as e:
+        MlflowClient(registry_uri=db.uri).search_registered_models()
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert f"{env}={value!r} is not a positive" in e.value.message
+
+
 # ---------------------------------------------------------------------- keepalives
 def _keepalive_options(conn: psycopg.Connection) -> tuple[int, ...]:
     with socket.socket(fileno=socket.dup(conn.fileno())) as sock:
