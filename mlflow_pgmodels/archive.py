@@ -15,6 +15,8 @@ from typing import IO
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE
 
+from mlflow_pgmodels.settings import positive_number
+
 ZIP_MAGIC = b"PK\x03\x04"
 # Below this a file is deflated (MLmodel, yaml, json, small pickles); above it the cost of
 # compressing (~50 MB/s) outweighs what the smaller transfer saves.
@@ -95,23 +97,9 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         """The limits set by ``MLFLOW_PGMODELS_MAX_UNPACKED_BYTES``, ``_MAX_ENTRIES`` and ``_MAX_RATIO``."""
-        return cls(*(_positive_int(env, default) for env, default in (
+        return cls(*(positive_number(env, default) for env, default in (
             (MAX_UNPACKED_BYTES_ENV, cls.unpacked_bytes), (MAX_ENTRIES_ENV, cls.entries),
             (MAX_RATIO_ENV, cls.ratio))))
-
-
-def _positive_int(env: str, default: int) -> int:
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise MlflowException(f"{env}={raw!r} is not a positive whole number (default {default})",
-                              error_code=INVALID_PARAMETER_VALUE)
-    return value
 
 
 class _Budget:

@@ -22,6 +22,7 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
+from mlflow_pgmodels.settings import positive_number
 from mlflow_pgmodels.uri import redact, to_conninfo
 
 POOL_MAX_SIZE_ENV = "MLFLOW_PGMODELS_POOL_MAX_SIZE"
@@ -38,21 +39,6 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
 _POOL_NAME = "mlflow-pgmodels"
 # How often a waiting call looks whether the pool failed to connect (so it fails fast, not at the timeout).
 _WAIT_SLICE = 0.2
-
-
-def positive_number(env: str, default: float, kind: type = int) -> float:
-    """The value of ``env`` as a positive ``kind`` (``int`` or ``float``), ``default`` when unset."""
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise MlflowException(f"{env}={raw!r} is not a positive {'whole ' if kind is int else ''}number "
-                              f"(default {default:g})", error_code=INVALID_PARAMETER_VALUE)
-    return value
 
 
 def connect_kwargs(conninfo: str) -> dict:

@@ -51,6 +51,7 @@ from mlflow_pgmodels.entities import (
     version_not_found,
 )
 from mlflow_pgmodels.schema import ensure_schema
+from mlflow_pgmodels.settings import refuse_workspaces
 from mlflow_pgmodels.uri import download_uri, redact, to_conninfo
 from mlflow_pgmodels.webhooks import WebhookStoreMixin
 
@@ -59,6 +60,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
         super().__init__(store_uri=store_uri, tracking_uri=tracking_uri)
+        refuse_workspaces()
         to_conninfo(store_uri)  # a clear error for a URI of another scheme
         self.store_uri = store_uri
         self.tracking_uri = tracking_uri

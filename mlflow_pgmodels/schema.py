@@ -11,7 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from psycopg import errors as pg_errors
 
-from mlflow_pgmodels.db import connection, positive_number
+from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.settings import positive_number
 
 SCHEMA_VERSION = 3
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.

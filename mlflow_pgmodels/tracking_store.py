@@ -16,6 +16,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
 
     from mlflow_pgmodels.db import connection
     from mlflow_pgmodels.schema import ADVISORY_LOCK_KEY
+    from mlflow_pgmodels.settings import refuse_workspaces
     from mlflow_pgmodels.uri import to_sqlalchemy_url
 
     refuse_workspaces()
@@ -32,19 +33,6 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _quiet_aborted_pipelines()
     return store
-
-
-def refuse_workspaces() -> None:
-    """Refuse MLflow's workspaces mode (``mlflow server --enable-workspaces``): the store has none."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_STATE
-
-    if MLFLOW_ENABLE_WORKSPACES.get():
-        raise MlflowException(
-            "The pgmodels:// store does not support MLflow workspaces: start `mlflow server` without "
-            "--enable-workspaces and with MLFLOW_ENABLE_WORKSPACES unset (one database per team "
-            "separates registries instead).", error_code=INVALID_STATE)
 
 
 def _for_poolers(engine) -> None:

@@ -39,6 +39,7 @@ from mlflow.webhooks.ssrf import SSRFProtectedHTTPAdapter
 
 from mlflow_pgmodels.db import connection, require_session
 from mlflow_pgmodels.schema import ensure_schema
+from mlflow_pgmodels.settings import positive_number
 from mlflow_pgmodels.uri import download_uri, redact, to_conninfo
 
 _logger = logging.getLogger(__name__)
@@ -49,22 +50,15 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 _DEFAULT_TAGS = {"event": "default", "model_type": "unspecified"}
 
 
-def _env_number(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise MlflowException.invalid_parameter_value(f"{name} must be a number, got {os.environ[name]!r}")
-
-
 def max_attempts() -> int:
     """Attempts per delivery before it is recorded as failed (MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS)."""
-    return max(1, int(_env_number("MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS", 12)))
+    return int(positive_number("MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS", 12))
 
 
 def backoff_seconds(attempts: int) -> float:
     """Wait before attempt ``attempts + 1``: doubling from MLFLOW_PGMODELS_WEBHOOK_BACKOFF seconds
     (default 1) up to 300 s, plus up to a second of jitter (as MLflow's urllib3 retries)."""
-    base = _env_number("MLFLOW_PGMODELS_WEBHOOK_BACKOFF", 1.0)
+    base = positive_number("MLFLOW_PGMODELS_WEBHOOK_BACKOFF", 1.0, float)
     return min(base * 2 ** max(attempts - 1, 0), 300.0) + random.uniform(0, min(base, 1.0))
 
 
@@ -227,7 +221,7 @@ class Dispatcher:
 
     def __init__(self, uri: str, workers: int | None = None) -> None:
         self.uri = uri
-        self.workers = workers or max(1, int(_env_number("MLFLOW_PGMODELS_WEBHOOK_WORKERS", 4)))
+        self.workers = workers or int(positive_number("MLFLOW_PGMODELS_WEBHOOK_WORKERS", 4))
         self._session = new_session()
         self._wake = threading.Event()
         self._stop = threading.Event()

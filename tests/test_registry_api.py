@@ -420,6 +420,13 @@ def test_rest_shaped_arguments(db, model_dir):
     assert store.get_registered_model("churn").tags == {"team": "risk", "tier": ""}
 
 
+def test_workspaces_are_refused_saying_how_to_run(db, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    with pytest.raises(MlflowException) as e:
+        PgModelsRegistryStore(db.uri)
+    assert e.value.error_code == "INVALID_STATE" and "without --enable-workspaces" in e.value.message
+
+
 # ---------------------------------------------------------------------------------------------
 # prompts live in the same registry
 
