@@ -20,8 +20,9 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
 from mlflow_pgmodels.cli import main
+from mlflow_pgmodels.embedded import free_port
 from tests import pgbouncer, procs, sample
-from tests.mlflow_server import client_env, mlflow_server, run_client
+from tests.mlflow_server import client_env, mlflow_server
 
 pytestmark = pytest.mark.skipif(not pgbouncer.available(), reason=f"no pgbouncer: {pgbouncer.INSTALL_HINT}")
 
@@ -107,22 +108,91 @@ print(json.dumps({"versions": versions, "predictions": list(models)}))
 
 
 @pytest.mark.slow
-def test_mlflow_server_through_pgbouncer(db, bouncer, tmp_path):
-    with mlflow_server(tmp_path / "server", bouncer.uri(db.name), workers=2) as server:
-        procs_ = [subprocess.Popen([sys.executable, "-c", REGISTER_AND_LOAD, str(10 * i + 1), str(10 * i + 2)],
-                                   cwd=tmp_path, env=client_env(server.url, tmp_path / f"cache{i}"),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+def test_mlflow_server_through_pgbouncer_on_a_multi_host_uri(db, bouncer, tmp_path):
+    down = free_port()  # first in the list, nothing listens there: libpq goes on to PgBouncer
+    backend = f"pgmodels://postgres@127.0.0.1:{down},127.0.0.1:{bouncer.port}/{db.name}?target_session_attrs=read-write"
+    with mlflow_server(tmp_path / "server", backend, workers=2) as server:
+        clients = [subprocess.Popen([sys.executable, "-c", REGISTER_AND_LOAD, str(10 * i + 1), str(10 * i + 2)],
+                                    cwd=tmp_path, env=client_env(server.url, tmp_path / f"cache{i}"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
         outputs = []
-        for proc in procs_:
+        for proc in clients:
             stdout, stderr = proc.communicate(timeout=240)
             assert proc.returncode == 0, stderr[-6000:]
             outputs.append(json.loads(stdout.splitlines()[-1]))
         failures = server.failures()
 
-    versions = sorted(v for out in outputs for v in out["versions"])
-    assert versions == [1, 2, 3, 4, 5, 6]
-    for out, i in zip(outputs, range(3)):
-        slopes = [10 * i + 1, 10 * i + 2]
-        assert out["predictions"] == pytest.approx([s * sample.X[0, 0] for s in slopes])
+    assert sorted(v for out in outputs for v in out["versions"]) == [1, 2, 3, 4]
+    for i, out in enumerate(outputs):
+        assert out["predictions"] == pytest.approx([s * sample.X[0, 0] for s in (10 * i + 1, 10 * i + 2)])
     assert failures == []
-    assert db.sql("SELECT count(*) FROM runs") == [(6,)]
+    assert db.sql("SELECT count(*) FROM runs") == [(4,)]
+    assert bouncer.transactions(db.name) > 20
+
+
+# ---------------------------------------------------------------------- connection budget
+WORKERS, POOL_MAX, SA_POOL, SA_OVERFLOW = 4, 3, 2, 1
+# per worker: our pool + MLflow's SQLAlchemy pool (size + overflow) + the webhook dispatcher's LISTEN
+BUDGET = WORKERS * (POOL_MAX + SA_POOL + SA_OVERFLOW + 1)
+
+
+def _busy_client(server_url: str, workdir: str, seed: int) -> None:
+    """In a child: 3 threads of registry reads, searches and a cold load through the server."""
+    import threading as _threading
+
+    procs.enter(workdir, tracking_uri=server_url)
+    client = MlflowClient()
+    errors = []
+
+    def work() -> None:
+        try:
+            for _ in range(3):
+                client.search_registered_models()
+                client.get_latest_versions("m")
+                client.search_model_versions("name = 'm'")
+            mlflow.pyfunc.load_model("models:/m/1")
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [_threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"client {seed}: {errors[:3]}")
+
+
+@pytest.mark.slow
+def test_server_under_load_stays_within_its_connection_budget(db, tmp_path):
+    env = {"MLFLOW_PGMODELS_POOL_MAX_SIZE": str(POOL_MAX), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(SA_POOL),
+           "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(SA_OVERFLOW)}
+    mlflow.set_tracking_uri(db.uri)
+    sample.log(sample.regressor(2.0), "m")
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                          " AND pid <> pg_backend_pid()")[0][0])
+            stop.wait(0.02)
+
+    with mlflow_server(tmp_path / "server", db.uri, workers=WORKERS, env=env) as server:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            children = [procs.context().Process(target=_busy_client, args=(server.url, str(tmp_path / f"c{i}"), i))
+                        for i in range(16)]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(240)
+        finally:
+            stop.set()
+            watcher.join()
+        failures = server.failures()
+
+    assert [child.exitcode for child in children] == [0] * 16
+    assert failures == []
+    print(f"peak connections: {peak[0]} (budget {BUDGET})")
+    assert WORKERS < peak[0] <= BUDGET
