@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels.uri import resolve_uri
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.entities import ACTIVE_SQL
 from mlflow_pgmodels.search import latest_active_version
 from mlflow_pgmodels.uri import redact
@@ -69,7 +69,7 @@ def load_model_from_db(name: str, event: str, model_type: str, version: int | No
     the unpickled object.
     """
     uri = resolve_uri(uri)
-    with connection(uri, f"read model '{name}'") as conn:
+    with read_connection(uri, f"read model '{name}'") as conn:
         if version is None:
             number = latest_active_version(conn, name, event, model_type)
         else:
@@ -87,7 +87,7 @@ def load_model_from_db(name: str, event: str, model_type: str, version: int | No
 def get_latest_model_version(name: str, event: str, model_type: str, uri: str | None = None) -> int | None:
     """The highest active version of name/event/type, or None when there is none."""
     uri = resolve_uri(uri)
-    with connection(uri, f"read model '{name}'") as conn:
+    with read_connection(uri, f"read model '{name}'") as conn:
         return latest_active_version(conn, name, event, model_type)
 
 

@@ -1,0 +1,92 @@
+"""Multi-host URIs, reads from a hot standby, and a failover to it.
+
+The standby is a real streaming replica (tests/replica.py: pg_basebackup of a primary of its own);
+replay is paused with pg_wal_replay_pause() to make it lag for as long as a test needs.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_pgmodels import helpers
+from mlflow_pgmodels.db import READ_URI_ENV, READ_WAIT_ENV
+from mlflow_pgmodels.embedded import free_port
+from tests import sample
+from tests.replica import Pair
+from tests.test_faults import _small_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pair(pg):
+    running = Pair.start(pg)
+    yield running
+    running.close()
+
+
+def _slope(model_uri: str) -> float:
+    return float(mlflow.pyfunc.load_model(model_uri).predict(sample.X[:1])[0] / sample.X[0, 0])
+
+
+# ---------------------------------------------------------------------- multi-host URIs
+def test_multi_host_uris_serve_registry_and_tracking(db):
+    user, password = db.login_role("pgmodels_writer")
+    down = free_port()  # nothing listens there: libpq goes on to the next host
+    socket_dir, port = db.server.socket_dir, db.server.port
+    uris = [
+        f"pgmodels://{user}:{password}@127.0.0.1:{down},127.0.0.1:{port}/{db.name}?target_session_attrs=read-write",
+        f"pgmodels://{user}:{password}@127.0.0.1:{down},127.0.0.1:{port}/{db.name}?load_balance_hosts=random",
+        f"pgmodels://postgres@/{db.name}?host={socket_dir},{socket_dir}x&port={port},{down}"
+        "&target_session_attrs=primary",
+    ]
+    for i, uri in enumerate(uris):
+        mlflow.set_tracking_uri(uri)
+        info = sample.log(sample.regressor(float(i + 1)), "m")  # a run and a logged model, then a version
+
+        assert int(info.registered_model_version) == i + 1
+        assert _slope("models:/m/latest") == pytest.approx(i + 1)
+        assert MlflowClient().get_run(info.run_id).info.status == "FINISHED"
+    assert db.sql("SELECT count(*) FROM runs") == [(3,)]
+
+
+# ---------------------------------------------------------------------- reads from a standby
+def test_reads_go_to_the_standby_yet_never_behind_this_process(pair, monkeypatch, tmp_path):
+    primary_uri = pair.uri_of(pair.primary)
+    monkeypatch.setenv(READ_URI_ENV, pair.uri_of(pair.standby))
+    monkeypatch.setenv(READ_WAIT_ENV, "0.2")
+    mlflow.set_tracking_uri(primary_uri)
+    client = MlflowClient()
+    client.create_registered_model("rw")
+    client.create_model_version("rw", _small_model_dir(str(tmp_path / "v1"), 1.0))
+    pair.wait_replayed()
+    pair.pause_replay()
+    try:
+        # another client registers version 2: this process has not seen it, the paused standby answers
+        pair.sql(pair.primary, "INSERT INTO models (name, version, model_type, event, model_binary)"
+                               " SELECT name, 2, model_type, event, model_binary FROM models WHERE name = 'rw'")
+        assert int(client.get_latest_versions("rw")[0].version) == 1
+        assert helpers.get_latest_model_version("rw", "default", "unspecified", uri=primary_uri) == 1
+
+        # this process registers version 3 itself: it reads it at once (the primary answers)
+        mv = client.create_model_version("rw", _small_model_dir(str(tmp_path / "v3"), 3.0))
+        assert int(mv.version) == 3
+        assert int(client.get_latest_versions("rw")[0].version) == 3
+        assert _slope("models:/rw/latest") == pytest.approx(3.0)
+        assert int(client.get_model_version_by_alias("rw", "latest").version) == 3  # and again: not back to 1
+        assert helpers.get_latest_model_version("rw", "default", "unspecified", uri=primary_uri) == 3
+        assert [int(v.version) for v in client.search_model_versions("name = 'rw'")] == [3, 2, 1]
+    finally:
+        pair.resume_replay()
+    pair.wait_replayed()
+
+    # replayed: the standby answers again, and what it has is never older than what this process saw
+    pair.pause_replay()
+    try:
+        pair.sql(pair.primary, "UPDATE models SET is_active = false WHERE name = 'rw' AND version = 3")
+        assert int(client.get_latest_versions("rw")[0].version) == 3
+    finally:
+        pair.resume_replay()
+    pair.wait_replayed()
