@@ -137,7 +137,7 @@ BUDGET = WORKERS * (POOL_MAX + SA_POOL + SA_OVERFLOW + 1)
 
 
 def _busy_client(server_url: str, workdir: str, seed: int) -> None:
-    """In a child: 3 threads of registry reads, searches and a cold load through the server."""
+    """In a child: 2 threads of registry reads, searches and a cold load through the server."""
     import threading as _threading
 
     procs.enter(workdir, tracking_uri=server_url)
@@ -148,13 +148,13 @@ def _busy_client(server_url: str, workdir: str, seed: int) -> None:
         try:
             for _ in range(3):
                 client.search_registered_models()
-                client.get_latest_versions("m")
+                client.get_model_version_by_alias("m", "latest")
                 client.search_model_versions("name = 'm'")
             mlflow.pyfunc.load_model("models:/m/1")
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
 
-    threads = [_threading.Thread(target=work) for _ in range(3)]
+    threads = [_threading.Thread(target=work) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
