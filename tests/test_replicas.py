@@ -9,6 +9,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
 from mlflow_pgmodels.db import READ_URI_ENV, READ_WAIT_ENV
@@ -90,3 +91,12 @@ def test_reads_go_to_the_standby_yet_never_behind_this_process(pair, monkeypatch
     finally:
         pair.resume_replay()
     pair.wait_replayed()
+
+
+def test_a_write_that_reaches_a_standby_is_temporarily_unavailable(pair):
+    mlflow.set_tracking_uri(pair.uri_of(pair.standby))  # e.g. a DNS name still pointing at a demoted server
+    with pytest.raises(MlflowException) as e:
+        MlflowClient().create_registered_model("on-standby")
+
+    assert e.value.error_code == "TEMPORARILY_UNAVAILABLE"
+    assert "read-only" in e.value.message and "target_session_attrs=read-write" in e.value.message
