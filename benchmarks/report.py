@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 DOCS_BEGIN = "<!-- benchmark table: begin (written by benchmarks/run.py) -->"
 DOCS_END = "<!-- benchmark table: end -->"
+# a table other than the full run's (``--scale``) has its own markers: "benchmark table scale: begin ..."
 
 
 @dataclass
@@ -82,10 +83,12 @@ def save(rows: list[Row], path: str, mode: str, extra: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def update_docs(path: str, rows: list[Row], header: str) -> None:
-    """Replace the table between the markers in docs/performance.md."""
+def update_docs(path: str, rows: list[Row], header: str, section: str = "full") -> None:
+    """Replace the table between the markers (of ``section``: the run's mode) in docs/performance.md."""
     with open(path) as f:
         text = f.read()
-    start, end = text.index(DOCS_BEGIN) + len(DOCS_BEGIN), text.index(DOCS_END)
+    named = "benchmark table" if section == "full" else f"benchmark table {section}"
+    begin, stop = DOCS_BEGIN.replace("benchmark table", named), DOCS_END.replace("benchmark table", named)
+    start, end = text.index(begin) + len(begin), text.index(stop)
     with open(path, "w") as f:
         f.write(text[:start] + "\n" + header + "\n\n" + table(rows) + "\n" + text[end:])

@@ -1,16 +1,19 @@
 """This store against stock MLflow (sqlite registry + local file artifacts), side by side.
 
     python benchmarks/run.py            # full run (~3 minutes on 2 CPUs): tiny, ~100 MB and 512 MB models
-    python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models
+    python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models, a small registry
+    python benchmarks/run.py --scale    # only the registry at scale (issue 13, ~3 minutes): 10,000 models
 
 Starts its own embedded PostgreSQL in a temporary directory (unix socket), builds the models once,
 measures both stores in this one run, prints a table (median, min–max, ratio, goal) and writes
-benchmarks/results/latest.json (``--quick``: quick.json); a full run also puts the table in
-docs/performance.md. Issue 5 lists the goals; docs/performance.md explains the results.
+benchmarks/results/latest.json (``--quick``: quick.json, ``--scale``: scale.json); a full or
+``--scale`` run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
+docs/performance.md explains the results.
 
 One module per measurement family: registration (writes), loading (reads), metadata (registry
-queries), scale (the Models list and searches at 10,000 models against stock MLflow on PostgreSQL),
-huge (the 512 MB model); bench, models, database and processes are what they share.
+queries), scale (the Models list and version searches at 10,000 models against stock MLflow on
+PostgreSQL: ``--scale``, and in the smoke run at small counts), huge (the 512 MB model); bench,
+models, database and processes are what they share.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from benchmarks.report import save, table, update_docs  # noqa: E402
 from benchmarks.scale import scale  # noqa: E402
 
 
-def measure(bench: Bench) -> None:
-    """Every measurement, in the order of the table."""
+def measure(bench: Bench, with_scale: bool) -> None:
+    """Every measurement, in the order of the table (``with_scale``: the registry at scale too)."""
     import mlflow
 
     plan = bench.plan
@@ -66,8 +69,9 @@ def measure(bench: Bench) -> None:
     loading.concurrent(bench, size, versions["pgmodels"], versions["stock"])
     bench.phase("metadata")
     metadata(bench)
-    bench.phase("scale")
-    scale(bench)
+    if with_scale:
+        bench.phase("scale")
+        scale(bench)
     if plan.huge_mb:
         del big
         bench.phase("huge model")
@@ -78,11 +82,15 @@ def measure(bench: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized smoke run")
-    parser.add_argument("--out", help="results file (default benchmarks/results/latest.json, quick: quick.json)")
+    parser.add_argument("--scale", action="store_true", help="only the registry at scale (issue 13)")
+    parser.add_argument("--out", help="results file (default benchmarks/results/latest.json, quick: quick.json,"
+                                      " scale: scale.json, both: scale-quick.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    out = args.out or str(HERE / "results" / ("quick.json" if args.quick else "latest.json"))
+    section = "scale" if args.scale else "full"  # which table in docs/performance.md
+    mode = {"full": "quick", "scale": "scale-quick"}[section] if args.quick else section
+    out = args.out or str(HERE / "results" / f"{'latest' if mode == 'full' else mode}.json")
     base = Path(tempfile.mkdtemp(prefix="pgmodels-bench-"))
     bench = Bench(plan, base)
     started = time.time()
@@ -90,19 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.phase("setup")
         bench.setup()
-        measure(bench)
+        if args.scale:
+            scale(bench)
+        else:
+            measure(bench, with_scale=args.quick)
     finally:
         bench.teardown()
         remove_tree(base)
     minutes = (time.time() - started) / 60
-    header = (f"`python benchmarks/run.py{' --quick' if args.quick else ''}`, "
+    flags = "".join(f" --{flag}" for flag in ("quick", "scale") if getattr(args, flag))
+    header = (f"`python benchmarks/run.py{flags}`, "
               f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {minutes:.1f} min; "
               f"medians (min–max); ratio = pgmodels / baseline.")
     print("\n" + header + "\n\n" + table(bench.rows))
-    save(bench.rows, out, "quick" if args.quick else "full", {"header": header, "facts": bench.facts})
+    save(bench.rows, out, mode, {"header": header, "facts": bench.facts})
     print(f"\nresults: {out}")
     if not args.quick and not args.no_docs:
-        update_docs(str(ROOT / "docs" / "performance.md"), bench.rows, header)
+        update_docs(str(ROOT / "docs" / "performance.md"), bench.rows, header, section)
     return 0
 
 

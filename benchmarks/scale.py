@@ -20,6 +20,7 @@ from benchmarks.bench import FULL, QUICK, Bench, timed
 from benchmarks.report import Stat
 
 SIZES = {FULL: (1_000, 10_000), QUICK: (100, 1_000)}  # registered models
+ROUNDS = {FULL: 30, QUICK: 3}  # samples of each call: the calls take milliseconds, the machine's load varies
 VERSIONS = 10  # per registered model: 1-3 archived, 8 Staging, 9 Production (alias champion), the rest None
 PAGE = 100     # the UI's page size
 DEEP = 50      # the deep page (the last one when there are fewer)
@@ -147,7 +148,7 @@ def scale(bench: Bench) -> None:
                 call()  # warm
                 calls[side, models, key] = call
     samples = {at: [] for at in calls}
-    for _ in range(bench.plan.meta_repeats):
+    for _ in range(ROUNDS[bench.plan]):
         for at, call in calls.items():
             samples[at].append(timed(call))
     for models in SIZES[bench.plan]:

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 ROWS = ["log_model", "register, database part", "repeated `load_model", "first load, empty cache",
         "client peak memory", "processes load one new version at once", 'resolve "models:/meta/latest"',
-        "`get_latest_versions`", "`search_model_versions", "TOAST blocks"]
+        "`get_latest_versions`", "`search_model_versions", "TOAST blocks", "Models list page 1"]
 
 
 @pytest.mark.slow
