@@ -261,24 +261,38 @@ def _remember(uri: str, position: int) -> None:
         _seen[uri] = max(_seen.get(uri, 0), position)
 
 
+# read URI -> until when it is not tried again (it could not be reached), or None while it lags
+# (then a read checks it without waiting, so that a standby far behind costs one round trip, not the wait)
+_standby_skip: dict[str, float | None] = {}
+_STANDBY_RETRY = 5.0  # seconds before an unreachable read URI is tried again
+
+
 def _caught_up(pool: _Pool, what: str, read_uri: str, position: int) -> psycopg.Connection | None:
     """A connection of ``pool`` whose server has reached ``position``; None if it is unreachable or behind."""
+    skip = _standby_skip.get(read_uri, 0.0)
+    if skip and time.monotonic() < skip:
+        return None
     try:
         conn = pool.get(what, read_uri)
     except (psycopg.Error, MlflowException):
+        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
         return None
     try:
-        if _replayed(conn, position):
+        wait = 0.0 if read_uri in _standby_skip and skip is None else \
+            positive_number(READ_WAIT_ENV, DEFAULT_READ_WAIT, float)
+        if _replayed(conn, position, wait):
+            _standby_skip.pop(read_uri, None)
             return conn
+        _standby_skip[read_uri] = None
     except psycopg.Error:
-        pass
+        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
     pool.put(conn)
     return None
 
 
-def _replayed(conn: psycopg.Connection, position: int) -> bool:
-    """Whether ``conn``'s server reaches ``position`` within MLFLOW_PGMODELS_READ_WAIT seconds."""
-    deadline = time.monotonic() + positive_number(READ_WAIT_ENV, DEFAULT_READ_WAIT, float)
+def _replayed(conn: psycopg.Connection, position: int, wait: float) -> bool:
+    """Whether ``conn``'s server reaches ``position`` within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
     while _position(conn) < position:
         if time.monotonic() >= deadline:
             return False
