@@ -336,6 +336,10 @@ def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
             "changed and the call can be retried.",
             error_code=TEMPORARILY_UNAVAILABLE,
         ) from None
+    except pg_errors.ProgramLimitExceeded as e:
+        # an OperationalError in psycopg's classes, but about the value, not the connection
+        raise MlflowException(f"Cannot {what}: a value is too large for the database ({_clean(e)})",
+                              error_code=INVALID_PARAMETER_VALUE) from None
     except psycopg.OperationalError as e:
         where = f" at {redact(uri)}" if uri else ""
         raise MlflowException(

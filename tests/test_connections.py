@@ -153,3 +153,12 @@ def test_mlflow_server_with_workspaces_refuses_to_start_saying_why(db, tmp_path)
     assert "exited" in str(e.value)
     assert "The pgmodels:// store does not support MLflow workspaces" in str(e.value)
     assert "without --enable-workspaces" in str(e.value)
+
+
+def test_a_value_past_a_database_limit_is_a_bad_value_not_a_lost_connection(db):
+    # psycopg files PostgreSQL's "program limit exceeded" (class 54) under OperationalError, next
+    # to lost connections; it is about the value, and retrying would not help
+    with pytest.raises(MlflowException) as e, connection(db.uri, "build a huge array") as conn:
+        conn.execute("SELECT array_fill(1, ARRAY[100000000, 100000000])")
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "not reachable" not in e.value.message
