@@ -3,16 +3,18 @@
     python benchmarks/run.py            # full run (~3 minutes on 2 CPUs): tiny, ~100 MB and 512 MB models
     python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models, a small registry
     python benchmarks/run.py --scale    # only the registry at scale (issue 13, ~3 minutes): 10,000 models
+    python benchmarks/run.py --serving  # only 32 remote clients loading one version through `mlflow server` (issue 13)
 
 Starts its own embedded PostgreSQL in a temporary directory (unix socket), builds the models once,
 measures both stores in this one run, prints a table (median, min–max, ratio, goal) and writes
-benchmarks/results/latest.json (``--quick``: quick.json, ``--scale``: scale.json); a full or
-``--scale`` run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
+benchmarks/results/latest.json (``--quick``: quick.json, ``--scale``: scale.json, ``--serving``:
+serving.json); a full, ``--scale`` or ``--serving`` run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
 docs/performance.md explains the results.
 
 One module per measurement family: registration (writes), loading (reads), metadata (registry
 queries), scale (the Models list and version searches at 10,000 models against stock MLflow on
-PostgreSQL: ``--scale``, and in the smoke run at small counts), huge (the 512 MB model); bench,
+PostgreSQL: ``--scale``, and in the smoke run at small counts), serving (remote clients through
+`mlflow server`: ``--serving`` only), huge (the 512 MB model); bench,
 models, database and processes are what they share.
 """
 
@@ -39,6 +41,7 @@ from benchmarks.metadata import metadata  # noqa: E402
 from benchmarks.models import forest, same_predictions, tiny_model  # noqa: E402
 from benchmarks.report import save, table, update_docs  # noqa: E402
 from benchmarks.scale import scale  # noqa: E402
+from benchmarks.serving import serving  # noqa: E402
 
 
 def measure(bench: Bench, with_scale: bool) -> None:
@@ -83,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     parser.add_argument("--scale", action="store_true", help="only the registry at scale (issue 13)")
+    parser.add_argument("--serving", action="store_true",
+                        help="only remote clients loading one version through `mlflow server` (issue 13)")
     parser.add_argument("--out", help="results file (default benchmarks/results/latest.json, quick: quick.json,"
-                                      " scale: scale.json, both: scale-quick.json)")
+                                      " scale: scale.json, both: scale-quick.json, serving: serving.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    section = "scale" if args.scale else "full"  # which table in docs/performance.md
-    mode = {"full": "quick", "scale": "scale-quick"}[section] if args.quick else section
+    section = "serving" if args.serving else "scale" if args.scale else "full"  # which table in docs/performance.md
+    mode = {"full": "quick", "scale": "scale-quick", "serving": "serving-quick"}[section] if args.quick else section
     out = args.out or str(HERE / "results" / f"{'latest' if mode == 'full' else mode}.json")
     base = Path(tempfile.mkdtemp(prefix="pgmodels-bench-"))
     bench = Bench(plan, base)
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.phase("setup")
         bench.setup()
-        if args.scale:
+        if args.serving:
+            serving(bench)
+        elif args.scale:
             scale(bench)
         else:
             measure(bench, with_scale=args.quick)
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.teardown()
         remove_tree(base)
     minutes = (time.time() - started) / 60
-    flags = "".join(f" --{flag}" for flag in ("quick", "scale") if getattr(args, flag))
+    flags = "".join(f" --{flag}" for flag in ("quick", "scale", "serving") if getattr(args, flag))
     header = (f"`python benchmarks/run.py{flags}`, "
               f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {minutes:.1f} min; "
               f"medians (min–max); ratio = pgmodels / baseline.")
