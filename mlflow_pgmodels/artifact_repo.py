@@ -1,7 +1,11 @@
 """The artifact repository for ``pgmodels:/<name>/<version>``: a version's files, out of its row.
 
-A version is fetched once into the local cache (cache.py) and served from there, in place,
-like MLflow's local-file repository. Where the client has only an MLflow server's address
+A version is fetched once into the local cache (cache.py). A load or download without
+``dst_path`` is served from there in place, like MLflow's local-file repository (read-only, checked
+on every load, pinned against eviction while the process lives); a download to ``dst_path`` gets
+copies the caller may change freely. There is no ``get_local_path``: the MLflow server then
+copies a requested file into a temporary directory it removes after the response, instead of
+pinning every version it ever showed. Where the client has only an MLflow server's address
 (``registry_uri='http://...'``) the archive comes through the server's
 ``/model-versions/get-artifact`` endpoint instead, so no database credentials are needed.
 """
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import mlflow
 from mlflow.entities import FileInfo
@@ -18,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
+from mlflow_pgmodels import cache
 from mlflow_pgmodels.fetch import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST, VIRTUAL_DIR, DatabaseSource, ServerSource
 from mlflow_pgmodels.uri import download_uri, is_pgmodels_uri, parse_download_uri, parse_model_root
 
@@ -32,7 +36,6 @@ class PgModelsArtifactRepository(ArtifactRepository):
         self._model_root = parse_model_root(artifact_uri)
         if self._model_root is None:
             self.model_name, self.model_version = parse_download_uri(artifact_uri)
-        self._dir: str | None = None
 
     def _version_repo(self, path: str | None) -> tuple["PgModelsArtifactRepository", str]:
         """For a model root: the repository of the version a path starts with, and the rest of it."""
@@ -61,10 +64,12 @@ class PgModelsArtifactRepository(ArtifactRepository):
         )
 
     def model_dir(self) -> str:
-        """The local (cached) directory holding this version's extracted files."""
-        if self._dir is None:
-            self._dir = self._source().materialize(self.model_name, self.model_version)
-        return self._dir
+        """The cached directory of this version's files, to be used in place (pinned for this process's life)."""
+        return self._source().materialize(self.model_name, self.model_version)
+
+    def _borrowed(self):
+        """The cached directory of this version, pinned only inside the ``with`` block."""
+        return self._source().borrowed(self.model_name, self.model_version)
 
     # --- ArtifactRepository ----------------------------------------------------------------
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
@@ -76,49 +81,42 @@ class PgModelsArtifactRepository(ArtifactRepository):
             return [FileInfo(f"{prefix}/{f.path}", f.is_dir, f.file_size) for f in repo.list_artifacts(rest)]
         if path and path.strip("/").startswith(VIRTUAL_DIR):
             return []
-        base = self.model_dir()
         rel = (path or "").strip("/")
-        full = os.path.join(base, rel)
-        if not os.path.isdir(full):
-            return []
-        infos = []
-        for entry in sorted(os.listdir(full)):
-            if entry.startswith(".pgmodels") or entry == "registered_model_meta":
-                continue
-            entry_path = os.path.join(full, entry)
-            rel_path = f"{rel}/{entry}" if rel else entry
-            is_dir = os.path.isdir(entry_path)
-            infos.append(FileInfo(rel_path, is_dir, None if is_dir else os.path.getsize(entry_path)))
+        with self._borrowed() as base:
+            full = os.path.join(base, rel)
+            if not os.path.isdir(full):
+                return []
+            infos = []
+            for entry in sorted(os.listdir(full)):
+                if _not_a_version_file(entry):
+                    continue
+                entry_path = os.path.join(full, entry)
+                rel_path = f"{rel}/{entry}" if rel else entry
+                is_dir = os.path.isdir(entry_path)
+                infos.append(FileInfo(rel_path, is_dir, None if is_dir else os.path.getsize(entry_path)))
         return infos
 
-    def get_local_path(self, artifact_path: str) -> str | None:
-        if self._model_root is not None:
-            repo, rest = self._version_repo(artifact_path)
-            return repo.get_local_path(rest)
-        if artifact_path.strip("/").startswith(VIRTUAL_DIR):
-            return None
-        return self._local(artifact_path)
-
     def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
-        """The files in place in the cache when ``dst_path`` is None, else linked into ``dst_path``."""
+        """The files in place in the cache when ``dst_path`` is None, else copies in ``dst_path``."""
         if self._model_root is not None:
             repo, rest = self._version_repo(artifact_path)
             return repo.download_artifacts(rest, dst_path)
         artifact_path = (artifact_path or "").strip("/")
         if artifact_path in (VIRTUAL_ARCHIVE, VIRTUAL_DIGEST):
             return self._download_virtual(artifact_path, dst_path)
-        src = self._local(artifact_path)
         if dst_path is None:
-            return src
+            return self._local(self.model_dir(), artifact_path)
         dst = os.path.join(os.path.abspath(dst_path), artifact_path) if artifact_path else os.path.abspath(dst_path)
-        _link_tree(src, dst)
+        with self._borrowed() as base:
+            _copy_tree(self._local(base, artifact_path), dst)
         return dst
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         if self._model_root is not None:
             repo, rest = self._version_repo(remote_file_path)
             return repo._download_file(rest, local_path)
-        _link_tree(self._local(remote_file_path), local_path)
+        with self._borrowed() as base:
+            _copy_tree(self._local(base, remote_file_path), local_path)
 
     def log_artifact(self, local_file, artifact_path=None):
         raise _immutable()
@@ -130,8 +128,7 @@ class PgModelsArtifactRepository(ArtifactRepository):
         raise _immutable()
 
     # --- helpers ---------------------------------------------------------------------------
-    def _local(self, artifact_path: str) -> str:
-        base = self.model_dir()
+    def _local(self, base: str, artifact_path: str) -> str:
         full = os.path.normpath(os.path.join(base, artifact_path.strip("/")))
         if os.path.commonpath([base, full]) != base or not os.path.exists(full):
             raise MlflowException(
@@ -145,7 +142,7 @@ class PgModelsArtifactRepository(ArtifactRepository):
         if not isinstance(source, DatabaseSource):
             raise MlflowException(f"{artifact_path} is served by the database side only",
                                   error_code=INVALID_PARAMETER_VALUE)
-        dst_dir = dst_path or tempfile.mkdtemp()
+        dst_dir = dst_path or cache.scratch_dir()  # removed when this process exits
         out = os.path.join(dst_dir, artifact_path)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         if artifact_path == VIRTUAL_DIGEST:
@@ -169,20 +166,28 @@ def _immutable() -> MlflowException:
     )
 
 
-def _link_tree(src: str, dst: str) -> None:
-    """Hard-link (or copy, across file systems) a file or directory tree to ``dst``."""
-    if os.path.isdir(src):
-        shutil.copytree(src, dst, copy_function=_link_or_copy, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".pgmodels*", "registered_model_meta"))
-    else:
+def _not_a_version_file(name: str) -> bool:
+    """Files the cache keeps beside a version's own (its manifest, MLflow's registered_model_meta)
+    and Python's bytecode of a model's code paths."""
+    return name.startswith(".pgmodels") or name in ("registered_model_meta", "__pycache__")
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy a file or directory tree to ``dst``: new files (never links), writable by the caller."""
+    if not os.path.isdir(src):
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        _link_or_copy(src, dst)
+        _copy_file(src, dst)
+        return
+    for top, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if not _not_a_version_file(d)]
+        out = os.path.join(dst, os.path.relpath(top, src))
+        os.makedirs(out, exist_ok=True)
+        for name in files:
+            if not _not_a_version_file(name):
+                _copy_file(os.path.join(top, name), os.path.join(out, name))
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    if os.path.exists(dst):
-        os.remove(dst)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _copy_file(src: str, dst: str) -> None:
+    if os.path.lexists(dst):
+        os.remove(dst)  # never write through a link someone left there (e.g. into an old cache)
+    shutil.copyfile(src, dst)

@@ -1,27 +1,59 @@
-"""The per-user cache of downloaded versions: one extracted model directory per version.
+"""The per-user cache of downloaded versions: one extracted, read-only model directory per version.
 
-An entry is ``<root>/<quoted name>/<version>-<sha256>/``. A version's bytes never change, and
-the digest is part of the key, so an entry can never be stale. Entries appear by an atomic
-rename of a fully written directory; a lock file per entry makes concurrent processes fill it
-once. Least recently used entries are evicted past the size limit.
+Layout of the cache root (``MLFLOW_PGMODELS_CACHE_DIR``, default ``$XDG_CACHE_HOME/mlflow-pgmodels``,
+i.e. ``~/.cache/mlflow-pgmodels``; size limit ``MLFLOW_PGMODELS_CACHE_MAX_BYTES``, default 10 GiB)::
 
-Settings: ``MLFLOW_PGMODELS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/mlflow-pgmodels``, i.e.
-``~/.cache/mlflow-pgmodels``) and ``MLFLOW_PGMODELS_CACHE_MAX_BYTES`` (default 10 GiB).
+    <slug>-v<version>-<hash>/      an entry: the model's files and .pgmodels-manifest.json
+    .pins/<entry>/<owner>          process <owner> uses the entry (it may not be evicted)
+    .owners/<owner>.owner          held locked by the live process <owner> ("<pid>-<random>")
+    .locks/<entry>.lock            transient: whoever fills, checks or removes the entry
+    .fill-<owner>-*/  .deleting-<owner>-*/  .tmp-<owner>-*/   a process's work; swept once it is dead
+
+The entry name is bounded (a short ASCII slug of the model name, the version and a hash of name,
+version and content key), so every registered name has an entry path of at most ~70 characters
+below the root. The real name lives in the manifest. The key (the SHA-256, or the row's identity)
+is in the hash, so an entry is never stale; entries appear by an atomic rename of a complete
+directory.
+
+**Never aliased, never altered unnoticed.** Entry files are read-only where the OS allows it
+(POSIX modes, the Windows read-only attribute). The manifest records each file's relative path,
+size and ``mtime_ns``; it is checked (a stat walk, no hashing) every time an entry is served, and an
+entry that was changed, added to or shortened is discarded and fetched again. Two things are
+exempt: ``registered_model_meta`` (MLflow rewrites it on every ``models:/`` load; it is kept at the
+content MLflow writes) and ``__pycache__`` directories (Python's own, when a model's code paths are
+imported from the entry). Downloads to a ``dst_path`` are copies (artifact_repo.py).
+
+**In use.** A process that is handed an entry's path in place (a load or download without
+``dst_path``) pins the entry for the rest of its life; copying or listing an entry pins it only
+while it does so. Eviction and ``cache clear`` skip entries pinned by a live process (or any thread
+of it). A process is live while it holds the lock on its owner file; the OS releases that lock when
+the process ends, however it ends, so pins and work directories of dead processes are swept by the
+next fill or eviction. The locks are portable (locks.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import fcntl
+import hashlib
+import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
-import urllib.parse
-from collections.abc import Iterator
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from mlflow_pgmodels import locks
+
 DEFAULT_MAX_BYTES = 10 * 1024**3
-_SIZE_FILE = ".pgmodels-size"
+MANIFEST = ".pgmodels-manifest.json"
+META = "registered_model_meta"  # what MLflow's models:/ repository (re)writes on every load
+_WORK_PREFIXES = (".fill-", ".deleting-", ".tmp-")
+_SLUG_CHARS = re.compile(r"[^A-Za-z0-9_]+")
 
 
 def root() -> str:
@@ -38,50 +70,248 @@ def max_bytes() -> int:
     return int(os.environ.get("MLFLOW_PGMODELS_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
 
 
-def entry_path(name: str, version: int, digest: str) -> str:
-    """Where the extracted model of this exact version and content lives (may not exist yet)."""
-    return os.path.join(root(), urllib.parse.quote(name, safe=""), f"{int(version)}-{digest}")
+def entry_name(name: str, version: int, key: str) -> str:
+    """The directory name of an entry: ``<slug>-v<version>-<hash>``, at most 66 ASCII characters."""
+    slug = _SLUG_CHARS.sub("_", name)[:24].strip("_") or "model"
+    ident = f"{name}\0{int(version)}\0{key}".encode("utf-8", "surrogatepass")
+    return f"{slug}-v{int(version)}-{hashlib.sha256(ident).hexdigest()[:20]}"
 
 
-def touch(path: str) -> None:
-    """Mark an entry as used now (for LRU eviction)."""
-    with contextlib.suppress(OSError):
-        os.utime(path)
+# --------------------------------------------------------------------------- serving entries
+Fill = Callable[[str], None]  # builds the model directory ``<its argument>/model``
+
+
+def get(name: str, version: int, key: str, fill: Fill) -> str:
+    """The checked entry of this version, filled first if needed; pinned for this process's life."""
+    return _acquire(name, version, key, fill, for_life=True)
 
 
 @contextlib.contextmanager
-def filling(path: str) -> Iterator[str | None]:
-    """Hold the fill lock of an entry; yields a temp dir to build it in, or None if it exists now.
-
-    Whatever the caller leaves in ``<tempdir>/model`` becomes the entry by an atomic rename when
-    the block ends without an error; on error nothing is left behind.
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.path.isdir(path):
-                yield None
-                return
-            tmp = tempfile.mkdtemp(prefix=".fill-", dir=os.path.dirname(path))
-            try:
-                yield tmp
-                model = os.path.join(tmp, "model")
-                with open(os.path.join(model, _SIZE_FILE), "w") as f:
-                    f.write(str(_tree_size(model)))
-                os.rename(model, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    evict(keep=path)
+def borrowed(name: str, version: int, key: str, fill: Fill) -> Iterator[str]:
+    """Like :func:`get`, but the entry is pinned only inside the block (to copy or list it)."""
+    path = _acquire(name, version, key, fill, for_life=False)
+    try:
+        yield path
+    finally:
+        _unpin(path)
 
 
+def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool) -> str:
+    base = root()
+    entry = entry_name(name, version, key)
+    path = os.path.join(base, entry)
+    owner = _owner(base)
+    with _entry_lock(base, entry):
+        state = _check(path, name, version, key)
+        if state:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used now (least recently used entries are evicted first)
+        else:
+            if state is not None and not _remove(base, path):  # altered: never served
+                raise OSError(f"The cached copy of model {name!r} version {version} in {path} was altered "
+                              "and cannot be removed (is a file of it open?). Close it, or run "
+                              "`mlflow-pgmodels cache clear`.")
+            _fill(base, owner, path, name, version, key, fill)
+        _pin(base, entry, for_life)
+    if not state:
+        evict(keep=path)
+    return path
+
+
+def _fill(base: str, owner: str, path: str, name: str, version: int, key: str, fill: Fill) -> None:
+    tmp = os.path.join(base, f".fill-{owner}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)
+    try:
+        fill(tmp)
+        model = os.path.join(tmp, "model")
+        meta = _meta_text(name, version)
+        _write_text(os.path.join(model, META), meta)
+        files, dirs = _scan(model)
+        manifest = {"name": name, "version": int(version), "key": key, "size": sum(s for s, _ in files.values()),
+                    "meta": meta, "dirs": dirs, "files": files}
+        _write_text(os.path.join(model, MANIFEST), json.dumps(manifest, ensure_ascii=False))
+        _seal(model)
+        os.rename(model, path)
+        if not locks.WINDOWS:
+            os.chmod(path, 0o555)  # after the rename: moving a directory needs write access to it
+    finally:
+        _rmtree(tmp)
+
+
+def _check(path: str, name: str, version: int, key: str) -> bool | None:
+    """True: the entry is as it was filled. None: there is none. False: it was altered."""
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return False if os.path.lexists(path) else None
+    except (OSError, ValueError):
+        return False
+    if (manifest.get("name"), manifest.get("version"), manifest.get("key")) != (name, int(version), key):
+        return False
+    meta = os.path.join(path, META)
+    try:
+        files, dirs = _scan(path)
+        if dirs != manifest["dirs"] or files != {k: tuple(v) for k, v in manifest["files"].items()}:
+            return False
+        with open(meta, encoding="utf-8") as f:
+            if f.read() == manifest["meta"]:
+                return True
+        _write_text(meta, manifest["meta"])  # written by someone other than MLflow: put it back
+        return True
+    except OSError:
+        return False
+
+
+def _scan(path: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """``{relative path: (size, mtime_ns)}`` of every file and the sorted directories, by lstat."""
+    files, dirs = {}, []
+    pending = [("", path)]
+    while pending:
+        rel, full = pending.pop()
+        with os.scandir(full) as it:
+            for item in it:
+                name = rel + item.name
+                if item.is_dir(follow_symlinks=False):
+                    if item.name != "__pycache__":
+                        dirs.append(name)
+                        pending.append((name + "/", item.path))
+                elif rel or item.name not in (MANIFEST, META):
+                    st = item.stat(follow_symlinks=False)
+                    files[name] = (st.st_size, st.st_mtime_ns)
+    return files, sorted(dirs)
+
+
+def _seal(model: str) -> None:
+    """Make a filled model directory read-only, except the root and the file MLflow rewrites."""
+    for top, dirs, files in os.walk(model):
+        for f in files:
+            if not (top == model and f == META):
+                os.chmod(os.path.join(top, f), stat.S_IREAD | stat.S_IRGRP | stat.S_IROTH)
+        if top != model and not locks.WINDOWS:
+            os.chmod(top, 0o555)
+
+
+def _meta_text(name: str, version: int) -> str:
+    """``registered_model_meta`` exactly as MLflow's ``write_yaml`` writes it."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump({"model_name": name, "model_version": str(version)}, default_flow_style=False,
+                     allow_unicode=True, sort_keys=True, Dumper=dumper)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# --------------------------------------------------------------------------- pins and owners
+_state = threading.RLock()
+_token_pid: int | None = None
+_token = ""
+_owner_fds: dict[str, int] = {}   # cache root -> the locked owner file of this process
+_kept: set[str] = set()           # entries pinned for the life of this process
+_leases: dict[str, int] = {}      # entries pinned while they are copied or listed
+
+
+def _owner(base: str) -> str:
+    """This process's owner name, its owner file in ``base`` held locked."""
+    global _token_pid, _token
+    with _state:
+        if _token_pid != os.getpid():  # first use, or a forked child (it keeps the parent's lock fds open)
+            _token_pid, _token = os.getpid(), f"{os.getpid()}-{secrets.token_hex(6)}"
+            _owner_fds.clear()
+            _kept.clear()
+            _leases.clear()
+        if base not in _owner_fds:
+            path = os.path.join(base, ".owners", f"{_token}.owner")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            while True:  # a sweeper may take a fresh, not yet locked file for a dead one
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                if locks.lock(fd, blocking=False) and locks.same_file(fd, path):
+                    break
+                locks.unlock_and_close(fd)
+                time.sleep(0.01)
+            _owner_fds[base] = fd
+        return _token
+
+
+def _pin(base: str, entry: str, for_life: bool) -> None:
+    path = os.path.join(base, entry)
+    with _state:
+        if path not in _kept and not _leases.get(path):
+            pins = os.path.join(base, ".pins", entry)
+            os.makedirs(pins, exist_ok=True)
+            _write_text(os.path.join(pins, _token), "")
+        if for_life:
+            _kept.add(path)
+        else:
+            _leases[path] = _leases.get(path, 0) + 1
+
+
+def _unpin(path: str) -> None:
+    with _state:
+        _leases[path] -= 1
+        if _leases[path] == 0:
+            del _leases[path]
+            if path not in _kept:
+                base, entry = os.path.split(path)
+                pins = os.path.join(base, ".pins", entry)
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(pins, _token))
+                with _entry_lock(base, entry, blocking=False) as locked, contextlib.suppress(OSError):
+                    if locked:
+                        os.rmdir(pins)  # if no other process pins it
+
+
+def _alive(base: str, owner: str) -> bool:
+    """Whether process ``owner`` still runs (holds its owner file locked). A dead one's file is removed."""
+    if owner == _token and _token_pid == os.getpid():
+        return True
+    path = os.path.join(base, ".owners", f"{owner}.owner")
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # not ours to judge
+    if not locks.lock(fd, blocking=False):
+        os.close(fd)
+        return True
+    if not locks.same_file(fd, path):
+        locks.unlock_and_close(fd)
+        return os.path.exists(path)  # removed meanwhile (dead), or a new file of its starting owner
+    locks.remove_and_unlock(fd, path)
+    return False
+
+
+def _in_use(base: str, entry: str, alive: Callable[[str], bool]) -> bool:
+    """Whether a live process pins ``entry``; removes the pins of dead ones. Call with the entry locked."""
+    pins = os.path.join(base, ".pins", entry)
+    try:
+        owners = os.listdir(pins)
+    except FileNotFoundError:
+        return False
+    live = False
+    for owner in owners:
+        if alive(owner):
+            live = True
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(pins, owner))
+    if not live:
+        with contextlib.suppress(OSError):
+            os.rmdir(pins)
+    return live
+
+
+# --------------------------------------------------------------------------- listing and eviction
 @dataclass
 class Entry:
     name: str
     version: int
-    digest: str
+    digest: str  # the content key: the SHA-256, or the row's identity for rows written by other code
     path: str
     size: int
     last_used: float
@@ -91,27 +321,34 @@ def entries() -> list[Entry]:
     """Every complete entry, least recently used first."""
     found = []
     base = root()
-    for quoted in os.listdir(base):
-        model_dir = os.path.join(base, quoted)
-        if not os.path.isdir(model_dir):
+    for entry in os.listdir(base):
+        path = os.path.join(base, entry)
+        if entry.startswith("."):
             continue
-        for entry in os.listdir(model_dir):
-            path = os.path.join(model_dir, entry)
-            version, _, digest = entry.partition("-")
-            if "." in entry or not version.isdigit() or not os.path.isdir(path):
-                continue
-            try:
-                with open(os.path.join(path, _SIZE_FILE)) as f:
-                    size = int(f.read())
-                used = os.stat(path).st_mtime
-            except (OSError, ValueError):
-                continue
-            found.append(Entry(urllib.parse.unquote(quoted), int(version), digest, path, size, used))
+        try:
+            with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+                m = json.load(f)
+            found.append(Entry(m["name"], m["version"], m["key"], path, m["size"], os.stat(path).st_mtime))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     return sorted(found, key=lambda e: e.last_used)
 
 
+def in_use(entry: Entry) -> bool:
+    """Whether a live process pins this entry (for ``mlflow-pgmodels cache ls``)."""
+    base, name = os.path.split(entry.path)
+    with _entry_lock(base, name, blocking=False) as locked:
+        return not locked or _in_use(base, name, lambda owner: _alive(base, owner))
+
+
 def evict(keep: str | None = None, limit: int | None = None) -> list[Entry]:
-    """Delete least recently used entries until the cache fits its limit; returns those deleted."""
+    """Delete least recently used entries no live process uses until the cache fits its limit.
+
+    Returns those deleted. Sweeps what dead processes left behind first.
+    """
+    base = root()
+    alive = _alive_memo(base)
+    _sweep(base, alive)
     limit = max_bytes() if limit is None else limit
     current = entries()
     total = sum(e.size for e in current)
@@ -121,26 +358,92 @@ def evict(keep: str | None = None, limit: int | None = None) -> list[Entry]:
             break
         if entry.path == keep:
             continue
-        _remove(entry.path)
+        name = os.path.basename(entry.path)
+        with _entry_lock(base, name, blocking=False) as locked:
+            if not locked or _in_use(base, name, alive) or not _remove(base, entry.path):
+                continue
         total -= entry.size
         removed.append(entry)
     return removed
 
 
 def clear() -> int:
-    """Delete every entry; returns how many there were."""
+    """Delete every entry no live process uses; returns how many were deleted."""
     return len(evict(limit=0))
 
 
-def _remove(path: str) -> None:
-    # rename first so that no reader ever sees a half-deleted entry
-    doomed = path + f".deleting-{os.getpid()}"
+def scratch_dir() -> str:
+    """A new directory in the cache root, removed when this process exits (or swept if it is killed)."""
+    base = root()
+    path = os.path.join(base, f".tmp-{_owner(base)}-{secrets.token_hex(4)}")
+    os.mkdir(path)
+    atexit.register(_rmtree, path)
+    return path
+
+
+def _alive_memo(base: str) -> Callable[[str], bool]:
+    seen: dict[str, bool] = {}
+    return lambda owner: seen[owner] if owner in seen else seen.setdefault(owner, _alive(base, owner))
+
+
+def _sweep(base: str, alive: Callable[[str], bool]) -> None:
+    """Remove what dead processes left: work directories, pins, owner and lock files, old-layout entries."""
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        if name.startswith(_WORK_PREFIXES):
+            owner = "-".join(name.split("-")[1:3])
+            if not alive(owner):
+                _rmtree(path)
+        elif not name.startswith(".") and _is_old_layout(path):
+            _rmtree(path)
+    for name in _listdir(os.path.join(base, ".pins")):
+        with _entry_lock(base, name, blocking=False) as locked:
+            if locked:
+                _in_use(base, name, alive)
+    for name in _listdir(os.path.join(base, ".owners")):
+        alive(name.removesuffix(".owner"))
+    for name in _listdir(os.path.join(base, ".locks")):
+        with _entry_lock(base, name.removesuffix(".lock"), blocking=False):
+            pass  # a lock file nobody holds: released (and so removed) right away
+
+
+def _is_old_layout(path: str) -> bool:
+    """A directory of the first cache layout (``<quoted name>/<version>-<digest>/.pgmodels-size``,
+    ``<version>-<digest>.lock``, ``.fill-*``), or one it left empty."""
+    return os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST)) and all(
+        child.endswith(".lock") or child.startswith((".fill-", ".deleting-"))
+        or os.path.exists(os.path.join(path, child, ".pgmodels-size")) for child in _listdir(path))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove(base: str, path: str) -> bool:
+    """Rename an entry away (readers never see half of one), then delete it. Call with it locked."""
+    doomed = os.path.join(base, f".deleting-{_owner(base)}-{secrets.token_hex(4)}")
     try:
         os.rename(path, doomed)
     except OSError:
-        return
-    shutil.rmtree(doomed, ignore_errors=True)
+        return False  # e.g. a file of it is open on Windows: in use
+    _rmtree(doomed)
+    return True
 
 
-def _tree_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+def _rmtree(path: str) -> None:
+    for top, _, files in os.walk(path):  # read-only directories (and Windows files) block deletion
+        with contextlib.suppress(OSError):
+            os.chmod(top, 0o755)
+        if locks.WINDOWS:
+            for f in files:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(top, f), stat.S_IWRITE | stat.S_IREAD)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _entry_lock(base: str, entry: str, blocking: bool = True):
+    """The lock of one entry: whoever fills, checks, pins or removes it holds it."""
+    return locks.held(os.path.join(base, ".locks", f"{entry}.lock"), blocking)

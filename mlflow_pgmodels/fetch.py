@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
@@ -100,7 +102,24 @@ class _ModelSink:
             os.remove(self.blob_path)
 
 
-class DatabaseSource:
+class _CachedSource:
+    """A version's files through the local cache (cache.py), downloaded and verified first if needed."""
+
+    def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
+        raise NotImplementedError
+
+    def materialize(self, name: str, version: int) -> str:
+        """The cache directory of this version, to be used in place: pinned for this process's life."""
+        return cache.get(name, version, *self._cache_entry(name, version))
+
+    @contextlib.contextmanager
+    def borrowed(self, name: str, version: int) -> Iterator[str]:
+        """The cache directory of this version, pinned only inside the block (to copy or list it)."""
+        with cache.borrowed(name, version, *self._cache_entry(name, version)) as path:
+            yield path
+
+
+class DatabaseSource(_CachedSource):
     """Versions read straight from the ``models`` table."""
 
     def __init__(self, uri: str) -> None:
@@ -126,29 +145,26 @@ class DatabaseSource:
         stored, size, recorded, computed, row_key = row
         return BlobInfo(stored or computed, stored is not None, size, recorded, row_key)
 
-    def materialize(self, name: str, version: int) -> str:
-        """The cache directory of this version, downloading and verifying it first if needed.
+    def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
+        """The cache key of a version and how to fill its entry.
 
         A cached version costs one small query; a new one streams into the cache without the
         archive ever being written to disk (see :class:`archive.StreamingUnzip`).
         """
         info = self.metadata(name, version, compute_digest=False)
-        path = cache.entry_path(name, version, info.cache_key)
-        if os.path.isdir(path):
-            cache.touch(path)
-            return path
-        with cache.filling(path) as tmp:
-            if tmp is not None:
-                sink = _ModelSink(tmp, name, version)
-                try:
-                    self._read(name, version, info, sink)
-                    sink.finish()
-                except archive.NotStreamable:  # a zip made by other tools: through a file
-                    sink.discard()
-                    blob_path = os.path.join(tmp, "blob")
-                    self._download(name, version, info, blob_path)
-                    finish_entry(blob_path, tmp, name, version)
-        return path
+
+        def fill(tmp: str) -> None:
+            sink = _ModelSink(tmp, name, version)
+            try:
+                self._read(name, version, info, sink)
+                sink.finish()
+            except archive.NotStreamable:  # a zip made by other tools: through a file
+                sink.discard()
+                blob_path = os.path.join(tmp, "blob")
+                self._download(name, version, info, blob_path)
+                finish_entry(blob_path, tmp, name, version)
+
+        return info.cache_key, fill
 
     def write_archive(self, name: str, version: int, out_path: str) -> None:
         """Write the verified raw ``model_binary`` of a version to ``out_path``."""
@@ -180,7 +196,7 @@ class DatabaseSource:
             )
 
 
-class ServerSource:
+class ServerSource(_CachedSource):
     """Versions fetched through an MLflow server (``/model-versions/get-artifact``): no DB credentials."""
 
     ENDPOINT = "/model-versions/get-artifact"
@@ -220,24 +236,21 @@ class ServerSource:
         self._get(name, version, VIRTUAL_DIGEST, buf)
         return buf.getvalue().decode().strip()
 
-    def materialize(self, name: str, version: int) -> str:
-        """The cache directory of this version, downloading and verifying it first if needed."""
+    def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
+        """The cache key of a version (its SHA-256, one small request) and how to fill its entry."""
         digest = self.digest(name, version)
-        path = cache.entry_path(name, version, digest)
-        if os.path.isdir(path):
-            cache.touch(path)
-            return path
-        with cache.filling(path) as tmp:
-            if tmp is not None:
-                blob_path = os.path.join(tmp, "blob")
-                with open(blob_path, "wb") as out:
-                    got = self._get(name, version, VIRTUAL_ARCHIVE, out)
-                if got != digest:
-                    raise MlflowException(
-                        f"{_what(name, version)} arrived from {self.server_uri} with SHA-256 "
-                        f"{got[:16]}…, expected {digest[:16]}…; nothing was loaded. Try again; if it "
-                        "persists, check the server's log.",
-                        error_code=DATA_LOSS,
-                    )
-                finish_entry(blob_path, tmp, name, version)
-        return path
+
+        def fill(tmp: str) -> None:
+            blob_path = os.path.join(tmp, "blob")
+            with open(blob_path, "wb") as out:
+                got = self._get(name, version, VIRTUAL_ARCHIVE, out)
+            if got != digest:
+                raise MlflowException(
+                    f"{_what(name, version)} arrived from {self.server_uri} with SHA-256 "
+                    f"{got[:16]}…, expected {digest[:16]}…; nothing was loaded. Try again; if it "
+                    "persists, check the server's log.",
+                    error_code=DATA_LOSS,
+                )
+            finish_entry(blob_path, tmp, name, version)
+
+        return digest, fill

@@ -144,16 +144,22 @@ def test_streamed_extraction_matches_the_zip_for_any_chunking(cuts):
 
 
 # ---------------------------------------------------------------------- size limit and eviction
+def copy_out(uri: str) -> str:
+    """Download a version as copies: it is cached, but this process does not keep using the entry
+    (an in-place load would pin it for the life of the process; see test_cache_safety.py)."""
+    return mlflow.artifacts.download_artifacts(uri, dst_path=tempfile.mkdtemp(dir="."))
+
+
 def test_least_recently_used_versions_are_evicted_past_the_size_limit(client, monkeypatch):
     for seed in range(3):
         log_forest("churn", seed)
-    mlflow.pyfunc.load_model("models:/churn/1")
+    copy_out("models:/churn/1")
     entry_size = cache.entries()[0].size
     monkeypatch.setenv("MLFLOW_PGMODELS_CACHE_MAX_BYTES", str(int(entry_size * 2.5)))
 
-    mlflow.pyfunc.load_model("models:/churn/2")
-    mlflow.pyfunc.load_model("models:/churn/1")  # used again: now 2 is the least recent
-    mlflow.pyfunc.load_model("models:/churn/3")
+    copy_out("models:/churn/2")
+    copy_out("models:/churn/1")  # used again: now 2 is the least recent
+    copy_out("models:/churn/3")
 
     assert sorted(e.version for e in cache.entries()) == [1, 3]
 
@@ -167,7 +173,7 @@ def test_cache_dir_and_limit_come_from_the_environment(monkeypatch, tmp_path):
 
 def test_cache_ls_and_clear_on_the_command_line(client, db, capsys):
     sample.log(sample.regressor(2.0), "price")
-    mlflow.pyfunc.load_model("models:/price/1")
+    copy_out("models:/price/1")
 
     assert cli.main(["cache", "ls"]) == 0
     listing = capsys.readouterr().out
@@ -217,8 +223,9 @@ def test_processes_loading_at_once_fill_the_cache_once(client, db, tmp_path):
     assert predictions == [list(model.predict(sample.X[:5]))] * 4
     os.environ["MLFLOW_PGMODELS_CACHE_DIR"] = shared
     assert [(e.name, e.version) for e in cache.entries()] == [("churn", 1)]
-    assert [p for p in os.listdir(os.path.join(shared, "churn")) if not p.endswith(".lock")] == [
-        os.path.basename(cache.entries()[0].path)]  # no half-written or half-deleted entry
+    assert [p for p in os.listdir(shared) if not p.startswith(".")] == [
+        os.path.basename(cache.entries()[0].path)]
+    assert [p for p in os.listdir(shared) if p.startswith((".fill-", ".deleting-"))] == []  # nothing half-done
     cache.clear()
     before = model_bytes_read(db)
     mlflow.pyfunc.load_model("models:/churn/1")
