@@ -13,7 +13,7 @@ from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import archive, cache
 from mlflow_pgmodels.blobs import read_blob
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.db import read_connection
 from mlflow_pgmodels.schema import ensure_schema
 
 # Files that exist only for the REST path (``/model-versions/get-artifact``): a version's archive
@@ -133,7 +133,7 @@ class DatabaseSource(_CachedSource):
         other code (no digest recorded) when ``compute_digest`` is true.
         """
         computed = "CASE WHEN sha256 IS NULL THEN encode(sha256(model_binary), 'hex') END" if compute_digest else "NULL"
-        with connection(self.uri, f"read model '{name}' version {version}") as conn:
+        with read_connection(self.uri, f"read model '{name}' version {version}") as conn:
             row = conn.execute(
                 f"SELECT sha256, octet_length(model_binary), size_bytes, {computed}, id || 'x' || xmin"
                 " FROM models WHERE name = %s AND version = %s",
@@ -181,7 +181,7 @@ class DatabaseSource(_CachedSource):
     def _read(self, name: str, version: int, info: BlobInfo, out) -> None:
         """Stream ``model_binary`` into ``out``; DATA_LOSS if it is not what was registered."""
         what = _what(name, version)
-        with connection(self.uri, f"read {what}") as conn:
+        with read_connection(self.uri, f"read {what}") as conn:
             digest, got = read_blob(conn, name, version, info.size, out,
                                     progress=f"Downloading {name} v{version}")
         expected_size = info.recorded_size if info.recorded_size is not None else info.size

@@ -6,6 +6,10 @@ replay is paused with pg_wal_replay_pause() to make it lag for as long as a test
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -14,9 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow_pgmodels import helpers
 from mlflow_pgmodels.db import READ_URI_ENV, READ_WAIT_ENV
 from mlflow_pgmodels.embedded import free_port
-from tests import sample
+from tests import procs, sample
 from tests.replica import Pair
-from tests.test_faults import _small_model_dir
+from tests.test_faults import _keep_working, _small_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +104,70 @@ def test_a_write_that_reaches_a_standby_is_temporarily_unavailable(pair):
 
     assert e.value.error_code == "TEMPORARILY_UNAVAILABLE"
     assert "read-only" in e.value.message and "target_session_attrs=read-write" in e.value.message
+
+
+# ---------------------------------------------------------------------- failover
+def _loop_with_reads_from(read_uri: str, *args) -> None:
+    """In a child: tests.test_faults' register/load loop, reading from ``read_uri`` when it can."""
+    os.environ[READ_URI_ENV] = read_uri
+    os.environ[READ_WAIT_ENV] = "0.5"
+    _keep_working(*args)
+
+
+def test_failover_to_the_promoted_standby(pg, tmp_path):
+    pair = Pair.start(pg)
+    try:
+        _failover(pair, tmp_path)
+    finally:
+        pair.close()
+
+
+def _failover(pair: Pair, tmp_path) -> None:
+    uri = pair.uri_of(pair.primary, pair.standby, target_session_attrs="read-write")
+    read_uri = pair.uri_of(pair.standby, pair.primary, target_session_attrs="prefer-standby")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    client.create_registered_model("m")
+    client.create_model_version("m", _small_model_dir(str(tmp_path / "v1"), 0.5))
+    log_file, stop_file = str(tmp_path / "log.jsonl"), str(tmp_path / "stop")
+    open(log_file, "w").close()
+
+    def entries() -> list[dict]:
+        with open(log_file) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+
+    def ok(call: str, after: float, before: float = float("inf")) -> int:
+        return sum(1 for e in entries() if e["call"] == call and after < e["time"] < before and "error" not in e)
+
+    child = procs.context().Process(target=_loop_with_reads_from,
+                                    args=(read_uri, uri, str(tmp_path / "child"), "m", stop_file, log_file))
+    child.start()
+    try:
+        procs.wait_for("the loop to work", lambda: ok("register", 0) >= 2, timeout=60)
+        pair.primary.stop()
+        down = time.time()
+        procs.wait_for("a registration to fail and loads to go on without the primary",
+                       lambda: ok("load", down) >= 2 and any("error" in e for e in entries() if e["time"] > down),
+                       timeout=60)
+        pair.promote()
+        up = time.time()
+        procs.wait_for("registrations to resume", lambda: ok("register", up) >= 2, timeout=60)
+    finally:
+        open(stop_file, "w").close()
+        child.join(60)
+    log = entries()
+
+    assert child.exitcode == 0
+    assert ok("load", down, up) >= 2  # loads went on while there was no primary
+    failed = [e for e in log if "error" in e]
+    resumed = min(e["time"] for e in log if e["call"] == "register" and e["time"] > up and "error" not in e)
+    print(f"failover: {ok('load', down, up)} loads and {len(failed)} failed calls without a primary; "
+          f"first registration {resumed - up:.2f} s after promotion")
+    assert failed and {e["error"] for e in failed} == {"TEMPORARILY_UNAVAILABLE"}, failed
+    assert "Traceback" not in (tmp_path / "child" / "stderr.txt").read_text()
+    registered = {e["result"]: e["slope"] for e in log if e["call"] == "register" and "error" not in e}
+    in_db = [v for (v,) in pair.sql(pair.standby, "SELECT version FROM models WHERE name = 'm' ORDER BY version")]
+    assert in_db == list(range(1, len(in_db) + 1))  # none lost, none given twice
+    assert set(registered) <= set(in_db)
+    for version, slope in registered.items():
+        assert _slope(f"models:/m/{version}") == pytest.approx(slope), version
