@@ -4,6 +4,8 @@ Layout of the cache root (``MLFLOW_PGMODELS_CACHE_DIR``, default ``$XDG_CACHE_HO
 i.e. ``~/.cache/mlflow-pgmodels``; size limit ``MLFLOW_PGMODELS_CACHE_MAX_BYTES``, default 10 GiB)::
 
     <slug>-v<version>-<hash>/      an entry: the model's files and .pgmodels-manifest.json
+                                   (or, kind "archive", the version's verified zip as stored:
+                                   what `mlflow server` hands remote clients)
     .pins/<entry>/<owner>          process <owner> uses the entry (it may not be evicted)
     .owners/<owner>.owner          held locked by the live process <owner> ("<pid>-<random>")
     .locks/<entry>.lock            transient: whoever fills, checks or removes the entry
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 from mlflow_pgmodels import locks
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
+MODEL, ARCHIVE = "model", "archive"  # kinds of entry: a version's files; its archive as stored
 MANIFEST = ".pgmodels-manifest.json"
 META = "registered_model_meta"  # what MLflow's models:/ repository (re)writes on every load
 _WORK_PREFIXES = (".fill-", ".deleting-", ".tmp-")
@@ -70,15 +73,16 @@ def max_bytes() -> int:
     return int(os.environ.get("MLFLOW_PGMODELS_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
 
 
-def entry_name(name: str, version: int, key: str) -> str:
+def entry_name(name: str, version: int, key: str, kind: str = MODEL) -> str:
     """The directory name of an entry: ``<slug>-v<version>-<hash>``, at most 66 ASCII characters."""
     slug = _SLUG_CHARS.sub("_", name)[:24].strip("_") or "model"
-    ident = f"{name}\0{int(version)}\0{key}".encode("utf-8", "surrogatepass")
+    parts = [name, str(int(version)), key] + ([] if kind == MODEL else [kind])  # model entries: named as before
+    ident = "\0".join(parts).encode("utf-8", "surrogatepass")
     return f"{slug}-v{int(version)}-{hashlib.sha256(ident).hexdigest()[:20]}"
 
 
 # --------------------------------------------------------------------------- serving entries
-Fill = Callable[[str], None]  # builds the model directory ``<its argument>/model``
+Fill = Callable[[str], None]  # builds the entry's directory ``<its argument>/model`` (verified)
 
 
 def get(name: str, version: int, key: str, fill: Fill) -> str:
@@ -87,22 +91,25 @@ def get(name: str, version: int, key: str, fill: Fill) -> str:
 
 
 @contextlib.contextmanager
-def borrowed(name: str, version: int, key: str, fill: Fill) -> Iterator[str]:
-    """Like :func:`get`, but the entry is pinned only inside the block (to copy or list it)."""
-    path = _acquire(name, version, key, fill, for_life=False)
+def borrowed(name: str, version: int, key: str, fill: Fill, kind: str = MODEL) -> Iterator[str]:
+    """Like :func:`get`, but the entry is pinned only inside the block (to copy, list or serve it).
+
+    ``kind`` ARCHIVE: an entry beside the version's files, holding what ``fill`` wrote (its archive).
+    """
+    path = _acquire(name, version, key, fill, for_life=False, kind=kind)
     try:
         yield path
     finally:
         _unpin(path)
 
 
-def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool) -> str:
+def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool, kind: str = MODEL) -> str:
     base = root()
-    entry = entry_name(name, version, key)
+    entry = entry_name(name, version, key, kind)
     path = os.path.join(base, entry)
     owner = _owner(base)
     with _entry_lock(base, entry):
-        state = _check(path, name, version, key)
+        state = _check(path, name, version, key, kind)
         if state:
             with contextlib.suppress(OSError):
                 os.utime(path)  # used now (least recently used entries are evicted first)
@@ -111,24 +118,25 @@ def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool) -> s
                 raise OSError(f"The cached copy of model {name!r} version {version} in {path} was altered "
                               "and cannot be removed (is a file of it open?). Close it, or run "
                               "`mlflow-pgmodels cache clear`.")
-            _fill(base, owner, path, name, version, key, fill)
+            _fill(base, owner, path, name, version, key, fill, kind)
         _pin(base, entry, for_life)
     if not state:
         evict(keep=path)
     return path
 
 
-def _fill(base: str, owner: str, path: str, name: str, version: int, key: str, fill: Fill) -> None:
+def _fill(base: str, owner: str, path: str, name: str, version: int, key: str, fill: Fill, kind: str) -> None:
     tmp = os.path.join(base, f".fill-{owner}-{secrets.token_hex(4)}")
     os.mkdir(tmp)
     try:
         fill(tmp)
         model = os.path.join(tmp, "model")
-        meta = _meta_text(name, version)
-        _write_text(os.path.join(model, META), meta)
+        meta = _meta_text(name, version) if kind == MODEL else None  # no MLflow load runs in an archive
+        if meta is not None:
+            _write_text(os.path.join(model, META), meta)
         files, dirs = _scan(model)
-        manifest = {"name": name, "version": int(version), "key": key, "size": sum(s for s, _ in files.values()),
-                    "meta": meta, "dirs": dirs, "files": files}
+        manifest = {"name": name, "version": int(version), "key": key, "kind": kind,
+                    "size": sum(s for s, _ in files.values()), "meta": meta, "dirs": dirs, "files": files}
         _write_text(os.path.join(model, MANIFEST), json.dumps(manifest, ensure_ascii=False))
         _seal(model)
         os.rename(model, path)
@@ -138,7 +146,7 @@ def _fill(base: str, owner: str, path: str, name: str, version: int, key: str, f
         _rmtree(tmp)
 
 
-def _check(path: str, name: str, version: int, key: str) -> bool | None:
+def _check(path: str, name: str, version: int, key: str, kind: str) -> bool | None:
     """True: the entry is as it was filled. None: there is none. False: it was altered."""
     try:
         with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
@@ -147,13 +155,16 @@ def _check(path: str, name: str, version: int, key: str) -> bool | None:
         return False if os.path.lexists(path) else None
     except (OSError, ValueError):
         return False
-    if (manifest.get("name"), manifest.get("version"), manifest.get("key")) != (name, int(version), key):
+    if (manifest.get("name"), manifest.get("version"), manifest.get("key"), manifest.get("kind", MODEL)) != (
+            name, int(version), key, kind):
         return False
     meta = os.path.join(path, META)
     try:
         files, dirs = _scan(path)
         if dirs != manifest["dirs"] or files != {k: tuple(v) for k, v in manifest["files"].items()}:
             return False
+        if manifest["meta"] is None:
+            return True
         with open(meta, encoding="utf-8") as f:
             if f.read() == manifest["meta"]:
                 return True
@@ -315,6 +326,7 @@ class Entry:
     path: str
     size: int
     last_used: float
+    kind: str = MODEL
 
 
 def entries() -> list[Entry]:
@@ -328,7 +340,8 @@ def entries() -> list[Entry]:
         try:
             with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
                 m = json.load(f)
-            found.append(Entry(m["name"], m["version"], m["key"], path, m["size"], os.stat(path).st_mtime))
+            found.append(Entry(m["name"], m["version"], m["key"], path, m["size"], os.stat(path).st_mtime,
+                               m.get("kind", MODEL)))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return sorted(found, key=lambda e: e.last_used)
