@@ -5,7 +5,9 @@ A version is fetched once into the local cache (cache.py). A load or download wi
 on every load, pinned against eviction while the process lives); a download to ``dst_path`` gets
 copies the caller may change freely. There is no ``get_local_path``: the MLflow server then
 copies a requested file into a temporary directory it removes after the response, instead of
-pinning every version it ever showed. Where the client has only an MLflow server's address
+pinning every version it ever showed; the archive remote clients download (``.pgmodels/model.zip``)
+is a hard link there of the server's own cached copy, read from the database once per host.
+Where the client has only an MLflow server's address
 (``registry_uri='http://...'``) the archive comes through the server's
 ``/model-versions/get-artifact`` endpoint instead, so no database credentials are needed.
 """
@@ -147,9 +149,10 @@ class PgModelsArtifactRepository(ArtifactRepository):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         if artifact_path == VIRTUAL_DIGEST:
             with open(out, "w") as f:
-                f.write(source.metadata(self.model_name, self.model_version).digest)
+                f.write(source.digest(self.model_name, self.model_version))
         else:
-            source.write_archive(self.model_name, self.model_version, out)
+            with source.archive(self.model_name, self.model_version) as archive:
+                _link_or_copy(archive, out)
         return out
 
 
@@ -185,6 +188,21 @@ def _copy_tree(src: str, dst: str) -> None:
         for name in files:
             if not _not_a_version_file(name):
                 _copy_file(os.path.join(top, name), os.path.join(out, name))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link to a cached archive for the server to send (a copy across file systems).
+
+    No bytes are copied per request, and the link outlives the entry's eviction while it is sent.
+    A write through it would change the file's size or mtime, which the cache's check of the entry
+    notices: the entry is then discarded, never served again.
+    """
+    try:
+        if os.path.lexists(dst):
+            os.remove(dst)
+        os.link(src, dst)
+    except OSError:
+        _copy_file(src, dst)
 
 
 def _copy_file(src: str, dst: str) -> None:

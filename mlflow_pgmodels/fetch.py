@@ -21,11 +21,13 @@ from mlflow_pgmodels.schema import ensure_schema
 VIRTUAL_DIR = ".pgmodels"
 VIRTUAL_ARCHIVE = f"{VIRTUAL_DIR}/model.zip"
 VIRTUAL_DIGEST = f"{VIRTUAL_DIR}/sha256"
+# The files of an archive entry of the cache (kind ARCHIVE): the verified blob and its SHA-256
+ARCHIVE_FILE, DIGEST_FILE = "model.zip", "sha256"
 
 
 @dataclass(frozen=True)
 class BlobInfo:
-    digest: str | None   # SHA-256 (hex): stored, or computed for rows written by other code (None: not asked)
+    digest: str | None   # SHA-256 (hex) recorded at registration (None: a row written by other code)
     stored_digest: bool  # whether ``digest`` was recorded at registration (and can be verified)
     size: int            # bytes in model_binary now
     recorded_size: int | None
@@ -126,24 +128,19 @@ class DatabaseSource(_CachedSource):
         self.uri = uri
         ensure_schema(uri)
 
-    def metadata(self, name: str, version: int, compute_digest: bool = True) -> BlobInfo:
-        """Digest and size of a version, from one small query.
-
-        It reads no byte of ``model_binary``, except to compute the digest of a row written by
-        other code (no digest recorded) when ``compute_digest`` is true.
-        """
-        computed = "CASE WHEN sha256 IS NULL THEN encode(sha256(model_binary), 'hex') END" if compute_digest else "NULL"
+    def metadata(self, name: str, version: int) -> BlobInfo:
+        """Recorded digest and size of a version, from one small query that reads no byte of ``model_binary``."""
         with read_connection(self.uri, f"read model '{name}' version {version}") as conn:
             row = conn.execute(
-                f"SELECT sha256, octet_length(model_binary), size_bytes, {computed}, id || 'x' || xmin"
+                "SELECT sha256, octet_length(model_binary), size_bytes, id || 'x' || xmin"
                 " FROM models WHERE name = %s AND version = %s",
                 (name, version),
             ).fetchone()
         if row is None:
             raise MlflowException(f"{_what(name, version)} not found in the model database",
                                   error_code=RESOURCE_DOES_NOT_EXIST)
-        stored, size, recorded, computed, row_key = row
-        return BlobInfo(stored or computed, stored is not None, size, recorded, row_key)
+        stored, size, recorded, row_key = row
+        return BlobInfo(stored, stored is not None, size, recorded, row_key)
 
     def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
         """The cache key of a version and how to fill its entry.
@@ -151,7 +148,7 @@ class DatabaseSource(_CachedSource):
         A cached version costs one small query; a new one streams into the cache without the
         archive ever being written to disk (see :class:`archive.StreamingUnzip`).
         """
-        info = self.metadata(name, version, compute_digest=False)
+        info = self.metadata(name, version)
 
         def fill(tmp: str) -> None:
             sink = _ModelSink(tmp, name, version)
@@ -166,20 +163,50 @@ class DatabaseSource(_CachedSource):
 
         return info.cache_key, fill
 
-    def write_archive(self, name: str, version: int, out_path: str) -> None:
-        """Write the verified raw ``model_binary`` of a version to ``out_path``."""
-        self._download(name, version, self.metadata(name, version), out_path)
+    @contextlib.contextmanager
+    def archive(self, name: str, version: int) -> Iterator[str]:
+        """The verified ``model_binary`` of a version as a file of the cache, pinned inside the block.
 
-    def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> None:
+        What `mlflow server` serves remote clients: read from the database once per host, whichever
+        worker process asks first (the others wait for that read), and visible only once its
+        SHA-256 and size match what was registered.
+        """
+        with self._archive(name, version, self.metadata(name, version)) as (path, _):
+            yield path
+
+    def digest(self, name: str, version: int) -> str:
+        """The SHA-256 of a version: as recorded, else computed once per host while caching its archive."""
+        info = self.metadata(name, version)
+        if info.stored_digest:
+            return info.digest
+        with self._archive(name, version, info) as (_, digest):
+            return digest
+
+    @contextlib.contextmanager
+    def _archive(self, name: str, version: int, info: BlobInfo) -> Iterator[tuple[str, str]]:
+        def fill(tmp: str) -> None:
+            entry = os.path.join(tmp, "model")
+            os.mkdir(entry)
+            digest = self._download(name, version, info, os.path.join(entry, ARCHIVE_FILE))
+            with open(os.path.join(entry, DIGEST_FILE), "w") as f:
+                f.write(digest)
+
+        with cache.borrowed(name, version, info.cache_key, fill, kind=cache.ARCHIVE) as path:
+            with open(os.path.join(path, DIGEST_FILE)) as f:
+                digest = f.read()
+            yield os.path.join(path, ARCHIVE_FILE), digest
+
+    def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> str:
+        """Write the verified ``model_binary`` of a version to ``out_path``; returns its SHA-256."""
         try:
             with open(out_path, "wb") as out:
-                self._read(name, version, info, out)
+                return self._read(name, version, info, out)
         except BaseException:
             os.remove(out_path)
             raise
 
-    def _read(self, name: str, version: int, info: BlobInfo, out) -> None:
-        """Stream ``model_binary`` into ``out``; DATA_LOSS if it is not what was registered."""
+    def _read(self, name: str, version: int, info: BlobInfo, out) -> str:
+        """Stream ``model_binary`` into ``out``; returns its SHA-256. DATA_LOSS if it is not what was registered."""
         what = _what(name, version)
         with read_connection(self.uri, f"read {what}") as conn:
             digest, got = read_blob(conn, name, version, info.size, out,
@@ -194,6 +221,7 @@ class DatabaseSource(_CachedSource):
                 "model again.",
                 error_code=DATA_LOSS,
             )
+        return digest
 
 
 class ServerSource(_CachedSource):

@@ -99,12 +99,14 @@ except mlflow.MlflowException as e:
         assert db.sql("SELECT count(*) FROM models") == [(2,)]
         assert server.failures() == []
 
-        # a row damaged in the database: the remote load stops at once with DATA_LOSS
-        db.sql("UPDATE models SET model_binary = overlay(model_binary PLACING '\\x00'::bytea FROM 200)"
-               " WHERE version = 1")
+        # a row damaged in the database (before the server cached it): the remote load stops at once
+        # with DATA_LOSS
+        db.sql("INSERT INTO models (name, version, model_type, event, model_binary, format, sha256, size_bytes)"
+               " SELECT name, 3, model_type, event, overlay(model_binary PLACING '\\x00'::bytea FROM 200), format,"
+               " sha256, size_bytes FROM models WHERE version = 1")
         mlflow.set_tracking_uri(server.url)  # this test process, as one more remote client
         with pytest.raises(MlflowException) as e:
-            mlflow.pyfunc.load_model("models:/churn@champion")
+            mlflow.pyfunc.load_model("models:/churn/3")
         assert e.value.error_code == "DATA_LOSS" and "corrupt" in e.value.message
         assert not list(cache.entries())
         assert "Traceback" not in server.log()
