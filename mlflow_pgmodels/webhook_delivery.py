@@ -37,7 +37,7 @@ from mlflow.webhooks.constants import (
 from mlflow.webhooks.delivery import _generate_hmac_signature
 from mlflow.webhooks.ssrf import SSRFProtectedHTTPAdapter
 
-from mlflow_pgmodels.db import connection, require_session
+from mlflow_pgmodels.db import behind_transaction_pooler, connection
 from mlflow_pgmodels.schema import ensure_schema
 from mlflow_pgmodels.settings import positive_number
 from mlflow_pgmodels.uri import download_uri, redact, to_conninfo
@@ -315,7 +315,13 @@ class Dispatcher:
                 ensure_schema(self.uri)
                 with psycopg.connect(to_conninfo(self.uri), autocommit=True,
                                      application_name="mlflow-pgmodels webhooks") as conn:
-                    require_session(conn, "listen for webhook events", self.uri)
+                    if behind_transaction_pooler(conn):
+                        # no LISTEN through PgBouncer: the workers' own 5 s wake-ups still deliver
+                        _logger.warning("webhook dispatcher: %s is a transaction-pooling connection pooler, "
+                                        "where LISTEN does not work; delivering every 5 s instead of at "
+                                        "once (a direct URI delivers at once, see docs/scaling.md)",
+                                        redact(self.uri))
+                        return
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # whatever was missed while not listening
                     while not self._stop.is_set():

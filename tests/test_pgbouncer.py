@@ -21,8 +21,10 @@ from mlflow.exceptions import MlflowException
 from mlflow_pgmodels import helpers
 from mlflow_pgmodels.cli import main
 from mlflow_pgmodels.embedded import free_port
+from mlflow_pgmodels.webhook_delivery import Dispatcher
 from tests import pgbouncer, procs, sample
 from tests.mlflow_server import client_env, mlflow_server
+from tests.test_webhooks import receiver, webhook_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not pgbouncer.available(), reason=f"no pgbouncer: {pgbouncer.INSTALL_HINT}")
 
@@ -196,3 +198,23 @@ def test_server_under_load_stays_within_its_connection_budget(db, tmp_path):
     assert failures == []
     print(f"peak connections: {peak[0]} (budget {BUDGET})")
     assert WORKERS < peak[0] <= BUDGET
+
+
+def test_webhooks_are_delivered_through_pgbouncer_without_listen(db, bouncer, webhook_env, receiver, tmp_path,
+                                                                 caplog):
+    # LISTEN cannot work through a transaction pooler: the dispatcher says so once and its
+    # workers deliver on their periodic wake-ups instead
+    from tests.test_webhooks import MV_CREATED, SECRET, register, signed
+
+    client = MlflowClient(tracking_uri=bouncer.uri(db.name))
+    client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
+    dispatcher = Dispatcher(bouncer.uri(db.name)).start()
+    try:
+        register(client, tmp_path)
+        events = receiver.wait_for(1)
+    finally:
+        dispatcher.stop()
+
+    assert [(e["entity"], e["action"]) for e in events] == [("model_version", "created")]
+    assert all(signed(headers, body) for headers, body in receiver.received)
+    assert caplog.text.count("LISTEN does not work") == 1
