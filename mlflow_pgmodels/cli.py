@@ -35,7 +35,7 @@ def _cache(args: argparse.Namespace) -> int:
         entries = cache.entries()
         for e in reversed(entries):
             used = "in use" if cache.in_use(e) else "-"
-            print(f"{e.name}\tv{e.version}\t{e.size / 2**20:9.1f} MiB\t{e.digest[:12]}\t{used}\t{e.path}")
+            print(f"{e.name}\tv{e.version}\t{e.kind}\t{e.size / 2**20:9.1f} MiB\t{e.digest[:12]}\t{used}\t{e.path}")
         total = sum(e.size for e in entries)
         print(f"{len(entries)} cached versions, {total / 2**20:.1f} MiB of {cache.max_bytes() / 2**20:.0f} MiB "
               f"in {cache.root()}")

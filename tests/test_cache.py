@@ -177,7 +177,7 @@ def test_cache_ls_and_clear_on_the_command_line(client, db, capsys):
 
     assert cli.main(["cache", "ls"]) == 0
     listing = capsys.readouterr().out
-    assert "price\tv1" in listing and "1 cached versions" in listing
+    assert "price\tv1\tmodel\t" in listing and "1 cached versions" in listing
 
     assert cli.main(["cache", "clear"]) == 0
     assert "removed 1 cached versions" in capsys.readouterr().out
