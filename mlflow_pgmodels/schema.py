@@ -41,7 +41,12 @@ def read_sql(filename: str) -> str:
 
 def installed_version(conn: psycopg.Connection) -> int | None:
     """The schema version recorded in the database, or None before the first install."""
-    if conn.execute("SELECT to_regclass('pgm_schema_info')").fetchone()[0] is None:
+    # A scan of pg_class, not to_regclass(): right after pg_advisory_xact_lock, name lookups can
+    # still use the catalog cache from before the lock, missing a schema another process has just
+    # committed (an advisory lock does not process invalidations as a table lock does).
+    if not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relname = 'pgm_schema_info' AND n.nspname = current_schema())").fetchone()[0]:
         return None
     return conn.execute("SELECT schema_version FROM pgm_schema_info").fetchone()[0]
 
