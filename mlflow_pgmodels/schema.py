@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -41,7 +44,7 @@ def read_sql(filename: str) -> str:
 
 def installed_version(conn: psycopg.Connection) -> int | None:
     """The schema version recorded in the database, or None before the first install."""
-    # A scan of pg_class, not to_regclass(): right after pg_advisory_xact_lock, name lookups can
+    # A scan of pg_class, not to_regclass(): right after taking the advisory lock, name lookups can
     # still use the catalog cache from before the lock, missing a schema another process has just
     # committed (an advisory lock does not process invalidations as a table lock does).
     if not conn.execute(
@@ -49,6 +52,25 @@ def installed_version(conn: psycopg.Connection) -> int | None:
             " WHERE c.relname = 'pgm_schema_info' AND n.nspname = current_schema())").fetchone()[0]:
         return None
     return conn.execute("SELECT schema_version FROM pgm_schema_info").fetchone()[0]
+
+
+@contextlib.contextmanager
+def schema_lock(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction on ``conn`` holding the advisory lock of schema changes (ours and MLflow's).
+
+    A waiter polls with ``pg_try_advisory_xact_lock`` between transactions instead of blocking in
+    one: behind a transaction pooler (PgBouncer) a blocked waiter would hold a server connection
+    that the lock's holder may need for MLflow's own connections, and with a small pool both wait
+    for ever.
+    """
+    delay = 0.01
+    while True:
+        with conn.transaction():
+            if conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+                yield
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 def upgrade(conn: psycopg.Connection) -> int | None:
@@ -62,8 +84,7 @@ def upgrade(conn: psycopg.Connection) -> int | None:
     lock_timeout = positive_number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT, float)
     before = None
     try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        with schema_lock(conn):
             before = installed_version(conn)
             if before is not None and before >= SCHEMA_VERSION:
                 return before

@@ -15,7 +15,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from mlflow_pgmodels.db import connection
-    from mlflow_pgmodels.schema import ADVISORY_LOCK_KEY
+    from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
     from mlflow_pgmodels.uri import to_sqlalchemy_url
 
@@ -26,8 +26,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     # together on a new database collide (duplicate alembic_version); one at a time, like ours.
     # A transaction-scoped lock, held by a transaction that stays open while MLflow's store starts
     # (on its own connections): it ends with the transaction even behind a transaction pooler.
-    with connection(store_uri, "prepare MLflow's tracking tables") as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+    with connection(store_uri, "prepare MLflow's tracking tables") as conn, schema_lock(conn):
         store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
     _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
