@@ -44,12 +44,10 @@ import re
 import secrets
 import shutil
 import stat
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from mlflow_pgmodels import locks
+from mlflow_pgmodels import locks, pins
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
 MODEL, ARCHIVE = "model", "archive"  # kinds of entry: a version's files; its archive as stored
@@ -100,15 +98,15 @@ def borrowed(name: str, version: int, key: str, fill: Fill, kind: str = MODEL) -
     try:
         yield path
     finally:
-        _unpin(path)
+        pins.unpin(path)
 
 
 def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool, kind: str = MODEL) -> str:
     base = root()
     entry = entry_name(name, version, key, kind)
     path = os.path.join(base, entry)
-    owner = _owner(base)
-    with _entry_lock(base, entry):
+    owner = pins.owner(base)
+    with pins.entry_lock(base, entry):
         state = _check(path, name, version, key, kind)
         if state:
             with contextlib.suppress(OSError):
@@ -119,7 +117,7 @@ def _acquire(name: str, version: int, key: str, fill: Fill, for_life: bool, kind
                               "and cannot be removed (is a file of it open?). Close it, or run "
                               "`mlflow-pgmodels cache clear`.")
             _fill(base, owner, path, name, version, key, fill, kind)
-        _pin(base, entry, for_life)
+        pins.pin(base, entry, for_life)
     if not state:
         evict(keep=path)
     return path
@@ -217,106 +215,6 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-# --------------------------------------------------------------------------- pins and owners
-_state = threading.RLock()
-_token_pid: int | None = None
-_token = ""
-_owner_fds: dict[str, int] = {}   # cache root -> the locked owner file of this process
-_kept: set[str] = set()           # entries pinned for the life of this process
-_leases: dict[str, int] = {}      # entries pinned while they are copied or listed
-
-
-def _owner(base: str) -> str:
-    """This process's owner name, its owner file in ``base`` held locked."""
-    global _token_pid, _token
-    with _state:
-        if _token_pid != os.getpid():  # first use, or a forked child (it keeps the parent's lock fds open)
-            _token_pid, _token = os.getpid(), f"{os.getpid()}-{secrets.token_hex(6)}"
-            _owner_fds.clear()
-            _kept.clear()
-            _leases.clear()
-        if base not in _owner_fds:
-            path = os.path.join(base, ".owners", f"{_token}.owner")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            while True:  # a sweeper may take a fresh, not yet locked file for a dead one
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                if locks.lock(fd, blocking=False) and locks.same_file(fd, path):
-                    break
-                locks.unlock_and_close(fd)
-                time.sleep(0.01)
-            _owner_fds[base] = fd
-        return _token
-
-
-def _pin(base: str, entry: str, for_life: bool) -> None:
-    path = os.path.join(base, entry)
-    with _state:
-        if path not in _kept and not _leases.get(path):
-            pins = os.path.join(base, ".pins", entry)
-            os.makedirs(pins, exist_ok=True)
-            _write_text(os.path.join(pins, _token), "")
-        if for_life:
-            _kept.add(path)
-        else:
-            _leases[path] = _leases.get(path, 0) + 1
-
-
-def _unpin(path: str) -> None:
-    with _state:
-        _leases[path] -= 1
-        if _leases[path] == 0:
-            del _leases[path]
-            if path not in _kept:
-                base, entry = os.path.split(path)
-                pins = os.path.join(base, ".pins", entry)
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(pins, _token))
-                with _entry_lock(base, entry, blocking=False) as locked, contextlib.suppress(OSError):
-                    if locked:
-                        os.rmdir(pins)  # if no other process pins it
-
-
-def _alive(base: str, owner: str) -> bool:
-    """Whether process ``owner`` still runs (holds its owner file locked). A dead one's file is removed."""
-    if owner == _token and _token_pid == os.getpid():
-        return True
-    path = os.path.join(base, ".owners", f"{owner}.owner")
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # not ours to judge
-    if not locks.lock(fd, blocking=False):
-        os.close(fd)
-        return True
-    if not locks.same_file(fd, path):
-        locks.unlock_and_close(fd)
-        return os.path.exists(path)  # removed meanwhile (dead), or a new file of its starting owner
-    locks.remove_and_unlock(fd, path)
-    return False
-
-
-def _in_use(base: str, entry: str, alive: Callable[[str], bool]) -> bool:
-    """Whether a live process pins ``entry``; removes the pins of dead ones. Call with the entry locked."""
-    pins = os.path.join(base, ".pins", entry)
-    try:
-        owners = os.listdir(pins)
-    except FileNotFoundError:
-        return False
-    live = False
-    for owner in owners:
-        if alive(owner):
-            live = True
-        else:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(pins, owner))
-    if not live:
-        with contextlib.suppress(OSError):
-            os.rmdir(pins)
-    return live
-
-
 # --------------------------------------------------------------------------- listing and eviction
 @dataclass
 class Entry:
@@ -350,8 +248,8 @@ def entries() -> list[Entry]:
 def in_use(entry: Entry) -> bool:
     """Whether a live process pins this entry (for ``mlflow-pgmodels cache ls``)."""
     base, name = os.path.split(entry.path)
-    with _entry_lock(base, name, blocking=False) as locked:
-        return not locked or _in_use(base, name, lambda owner: _alive(base, owner))
+    with pins.entry_lock(base, name, blocking=False) as locked:
+        return not locked or pins.in_use(base, name, lambda owner: pins.alive(base, owner))
 
 
 def evict(keep: str | None = None, limit: int | None = None) -> list[Entry]:
@@ -360,7 +258,7 @@ def evict(keep: str | None = None, limit: int | None = None) -> list[Entry]:
     Returns those deleted. Sweeps what dead processes left behind first.
     """
     base = root()
-    alive = _alive_memo(base)
+    alive = pins.alive_memo(base)
     _sweep(base, alive)
     limit = max_bytes() if limit is None else limit
     current = entries()
@@ -372,8 +270,8 @@ def evict(keep: str | None = None, limit: int | None = None) -> list[Entry]:
         if entry.path == keep:
             continue
         name = os.path.basename(entry.path)
-        with _entry_lock(base, name, blocking=False) as locked:
-            if not locked or _in_use(base, name, alive) or not _remove(base, entry.path):
+        with pins.entry_lock(base, name, blocking=False) as locked:
+            if not locked or pins.in_use(base, name, alive) or not _remove(base, entry.path):
                 continue
         total -= entry.size
         removed.append(entry)
@@ -388,15 +286,10 @@ def clear() -> int:
 def scratch_dir() -> str:
     """A new directory in the cache root, removed when this process exits (or swept if it is killed)."""
     base = root()
-    path = os.path.join(base, f".tmp-{_owner(base)}-{secrets.token_hex(4)}")
+    path = os.path.join(base, f".tmp-{pins.owner(base)}-{secrets.token_hex(4)}")
     os.mkdir(path)
     atexit.register(_rmtree, path)
     return path
-
-
-def _alive_memo(base: str) -> Callable[[str], bool]:
-    seen: dict[str, bool] = {}
-    return lambda owner: seen[owner] if owner in seen else seen.setdefault(owner, _alive(base, owner))
 
 
 def _sweep(base: str, alive: Callable[[str], bool]) -> None:
@@ -410,13 +303,13 @@ def _sweep(base: str, alive: Callable[[str], bool]) -> None:
         elif not name.startswith(".") and _is_old_layout(path):
             _rmtree(path)
     for name in _listdir(os.path.join(base, ".pins")):
-        with _entry_lock(base, name, blocking=False) as locked:
+        with pins.entry_lock(base, name, blocking=False) as locked:
             if locked:
-                _in_use(base, name, alive)
+                pins.in_use(base, name, alive)
     for name in _listdir(os.path.join(base, ".owners")):
         alive(name.removesuffix(".owner"))
     for name in _listdir(os.path.join(base, ".locks")):
-        with _entry_lock(base, name.removesuffix(".lock"), blocking=False):
+        with pins.entry_lock(base, name.removesuffix(".lock"), blocking=False):
             pass  # a lock file nobody holds: released (and so removed) right away
 
 
@@ -437,7 +330,7 @@ def _listdir(path: str) -> list[str]:
 
 def _remove(base: str, path: str) -> bool:
     """Rename an entry away (readers never see half of one), then delete it. Call with it locked."""
-    doomed = os.path.join(base, f".deleting-{_owner(base)}-{secrets.token_hex(4)}")
+    doomed = os.path.join(base, f".deleting-{pins.owner(base)}-{secrets.token_hex(4)}")
     try:
         os.rename(path, doomed)
     except OSError:
@@ -455,8 +348,3 @@ def _rmtree(path: str) -> None:
                 with contextlib.suppress(OSError):
                     os.chmod(os.path.join(top, f), stat.S_IWRITE | stat.S_IREAD)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _entry_lock(base: str, entry: str, blocking: bool = True):
-    """The lock of one entry: whoever fills, checks, pins or removes it holds it."""
-    return locks.held(os.path.join(base, ".locks", f"{entry}.lock"), blocking)
