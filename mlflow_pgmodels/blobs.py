@@ -11,6 +11,7 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 import psycopg
@@ -24,7 +25,7 @@ READ_CHUNK = 4 * 1024 * 1024
 READ_AHEAD = 2
 # PostgreSQL cannot store a single value of 1 GB or more (MaxAllocSize, minus the varlena header).
 MAX_BLOB_BYTES = (1 << 30) - 1 - 4
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 
 def check_size(size: int, what: str, at_least: bool = False) -> None:
@@ -43,7 +44,7 @@ class Int4(int):
     """Marks a value for an INTEGER column (plain ints are sent as BIGINT)."""
 
 
-def _field(value: Any) -> bytes:
+def copy_field(value: Any) -> bytes:
     if value is None:
         return struct.pack("!i", -1)
     if isinstance(value, bool):
@@ -67,9 +68,9 @@ def copy_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, 
     names = [*columns, blob_column, digest_column]
     quoted = ", ".join(psycopg.sql.Identifier(n).as_string(conn) for n in names)
     digest = hashlib.sha256()
-    with _progress_bar(progress, size) as bar, \
+    with progress_bar(progress, size) as bar, \
             conn.cursor().copy(f"COPY {psycopg.sql.Identifier(table).as_string(conn)} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.write(_COPY_HEADER + struct.pack("!h", len(names)) + b"".join(_field(v) for v in columns.values()))
+        copy.write(COPY_HEADER + struct.pack("!h", len(names)) + b"".join(copy_field(v) for v in columns.values()))
         copy.write(struct.pack("!i", size))
         sent = 0
         while sent < size:
@@ -81,17 +82,30 @@ def copy_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, 
             sent += len(chunk)
             bar.update(len(chunk))
         hexdigest = digest.hexdigest()
-        copy.write(_field(hexdigest) + struct.pack("!h", -1))
+        copy.write(copy_field(hexdigest) + struct.pack("!h", -1))
     return hexdigest
 
 
 def read_blob(conn: psycopg.Connection, name: str, version: int, size: int, out: IO[bytes],
               progress: str | None = None) -> tuple[str, int]:
-    """Write one version's ``model_binary`` into ``out`` in chunks; returns (SHA-256, bytes read).
+    """Write one version's ``model_binary`` into ``out`` in chunks; returns (SHA-256, bytes read)."""
+    def chunk(offset: int) -> tuple[str, tuple]:
+        return ("SELECT substring(model_binary FROM %s FOR %s) FROM models WHERE name = %s AND version = %s",
+                (offset + 1, READ_CHUNK, name, version))
+
+    return read_chunks(conn, chunk, size, out, progress,
+                       gone=f"Model '{name}' version {version} was deleted while it was being read")
+
+
+def read_chunks(conn: psycopg.Connection, chunk_query: Callable[[int], tuple[str, tuple]], size: int,
+                out: IO[bytes], progress: str | None = None, gone: str = "The file was deleted while it was being read"
+                ) -> tuple[str, int]:
+    """Stream ``size`` bytes into ``out``, ``chunk_query(offset)`` giving the query of the chunk at
+    ``offset`` (one row, one bytea of at most ``READ_CHUNK`` bytes); returns (SHA-256, bytes read).
 
     A helper thread runs the chunk queries ``READ_AHEAD`` chunks ahead of this thread, which
     hashes and writes them, so the database and the local disk work at the same time; at most
-    ``READ_AHEAD + 2`` chunks are in memory.
+    ``READ_AHEAD + 2`` chunks are in memory. All chunks come from one snapshot.
     """
     chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     stop = threading.Event()
@@ -112,13 +126,11 @@ def read_blob(conn: psycopg.Connection, name: str, version: int, size: int, out:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 cur = conn.cursor(binary=True)
                 while got < size or got == 0:
-                    row = cur.execute(
-                        "SELECT substring(model_binary FROM %s FOR %s) FROM models WHERE name = %s AND version = %s",
-                        (got + 1, READ_CHUNK, name, version),
-                    ).fetchone()
+                    row = cur.execute(*chunk_query(got)).fetchone()
                     if row is None:
-                        raise MlflowException(f"Model '{name}' version {version} was deleted while it was being read",
-                                              error_code=RESOURCE_DOES_NOT_EXIST)
+                        if got == size:  # an empty file: no piece at all
+                            break
+                        raise MlflowException(gone, error_code=RESOURCE_DOES_NOT_EXIST)
                     if not row[0] or not put(row[0]):
                         break
                     got += len(row[0])
@@ -129,7 +141,7 @@ def read_blob(conn: psycopg.Connection, name: str, version: int, size: int, out:
     digest = hashlib.sha256()
     got = 0
     reader = threading.Thread(target=fetch, name="pgmodels-read", daemon=True)
-    with _progress_bar(progress, size) as bar:
+    with progress_bar(progress, size) as bar:
         reader.start()
         try:
             while (chunk := chunks.get()) is not None:
@@ -156,7 +168,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(desc: str | None, total: int):
+def progress_bar(desc: str | None, total: int):
     """A tqdm bar on stderr that shows up only once a transfer has taken more than 2 seconds."""
     if desc is None or os.environ.get("MLFLOW_PGMODELS_PROGRESS", "1") == "0":
         return _NoBar()

@@ -1,7 +1,9 @@
 """The ``pgmodels://`` tracking store: MLflow's own SQL tracking store on the same database.
 
 So one URI serves runs, experiments and logged models (MLflow's tables) and the model registry
-(the ``models`` table). Imports are lazy: this module is loaded while ``import mlflow`` runs.
+(the ``models`` table). Unless an artifact location is given, new experiments get their artifact
+root inside the database too (``pgmodels-artifacts:/<experiment id>``, run_artifact_repo.py).
+Imports are lazy: this module is loaded while ``import mlflow`` runs.
 """
 
 from __future__ import annotations
@@ -9,19 +11,17 @@ from __future__ import annotations
 
 def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
-    import os
-
-    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from mlflow_pgmodels.db import connection
     from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
-    from mlflow_pgmodels.uri import to_sqlalchemy_url
+    from mlflow_pgmodels.artifact_root import default_artifact_root
+    from mlflow_pgmodels.uri import remember_store, to_sqlalchemy_url
 
     refuse_workspaces()
-    if artifact_uri is None:
-        artifact_uri = os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    remember_store(store_uri)
+    artifact_uri = default_artifact_root(artifact_uri)
     # MLflow creates and migrates its tables on first use without a lock, so processes starting
     # together on a new database collide (duplicate alembic_version); one at a time, like ours.
     # A transaction-scoped lock, held by a transaction that stays open while MLflow's store starts

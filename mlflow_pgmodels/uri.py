@@ -11,6 +11,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 SCHEME = "pgmodels"
 _PREFIX = SCHEME + "://"
+# The artifact root inside the database: experiments get pgmodels-artifacts:/<experiment id>. It
+# names no database: each client reaches the database with its own URI and credentials.
+ARTIFACTS_SCHEME = "pgmodels-artifacts"
+DATABASE_ARTIFACT_ROOT = ARTIFACTS_SCHEME + ":/"
 # user:password@ in the authority part of any URI-looking string; up to the last @ of the word, so
 # that a password with an unquoted / or @ is hidden whole
 _USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s\[]*):(?P<pw>[^\s'\"]*)@")
@@ -44,6 +48,11 @@ def resolve_uri(uri: str | None) -> str:
 def is_pgmodels_uri(uri: str | None) -> bool:
     """True for ``pgmodels://...`` store URIs (not for ``pgmodels:/name/1`` download URIs)."""
     return bool(uri) and uri.startswith(_PREFIX)
+
+
+def is_artifacts_uri(uri: str | None) -> bool:
+    """True for ``pgmodels-artifacts:`` URIs (the database artifact root and what is below it)."""
+    return bool(uri) and uri.startswith(ARTIFACTS_SCHEME + ":")
 
 
 def to_conninfo(uri: str) -> str:
@@ -193,3 +202,18 @@ def parse_model_root(uri: str) -> str | None:
     if rest and "/" not in rest:
         return urllib.parse.unquote(rest)
     return None
+
+
+_store_uris: list[str] = []
+
+
+def remember_store(uri: str) -> None:
+    """Note that this process built a tracking store for ``uri`` (``mlflow gc``, ``mlflow server``
+    and friends then find the database of ``pgmodels-artifacts:`` roots without an environment)."""
+    if uri not in _store_uris:
+        _store_uris.append(uri)
+
+
+def remembered_store() -> str | None:
+    """The first ``pgmodels://`` URI this process built a tracking store for, if any."""
+    return _store_uris[0] if _store_uris else None

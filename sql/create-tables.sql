@@ -5,6 +5,7 @@
 \ir pgmodels_schema.sql
 \ir pgmodels_history.sql
 \ir pgmodels_webhooks.sql
+\ir pgmodels_artifacts.sql
 
 -- The examples (examples/): their training data, what each training run scored, and the
 -- predictions, every result row naming the model version it came from.

@@ -38,7 +38,7 @@ def pg():
         [sys.executable, "-c",
          "import sys; from mlflow_pgmodels.tracking_store import build_tracking_store; "
          "from mlflow_pgmodels.schema import ensure_schema; "
-         "build_tracking_store(sys.argv[1], 'file:///tmp'); ensure_schema(sys.argv[1])",
+         "build_tracking_store(sys.argv[1]); ensure_schema(sys.argv[1])",
          server.socket_uri(TEMPLATE)],
         check=True, capture_output=True,
     )

@@ -1,0 +1,50 @@
+"""Where new experiments keep their artifacts: the location given, else the database.
+
+``mlflow server`` without ``--default-artifact-root`` and ``--artifacts-destination`` counts as
+not given: MLflow's defaults there (``mlflow-artifacts:/``, proxied to ``./mlartifacts`` in the
+server's working directory) are replaced by the database, and the server's artifact proxy (what
+``http://`` clients write and read through) serves the database too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mlflow_pgmodels.uri import DATABASE_ARTIFACT_ROOT, is_pgmodels_uri
+
+# set by `mlflow server` for its workers
+_SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+_SERVER_DESTINATION_ENV = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
+_SERVER_DEFAULT_ROOT = "mlflow-artifacts:/"
+
+
+def default_artifact_root(given: str | None) -> str:
+    """The artifact root for a tracking store MLflow builds with ``given`` (None: not given)."""
+    if given is not None:
+        return given
+    server_root = os.environ.get(_SERVER_ROOT_ENV)
+    if server_root is None:
+        return DATABASE_ARTIFACT_ROOT
+    return DATABASE_ARTIFACT_ROOT if configure_server() else server_root
+
+
+def configure_server() -> bool:
+    """Inside an ``mlflow server`` on a pgmodels database that runs with MLflow's artifact
+    defaults: point its artifact proxy at the database; returns whether it does.
+
+    Runs when this package's artifact repositories are registered (while MLflow's artifact
+    registry is imported), so before the server's first artifact request.
+    """
+    if not is_pgmodels_uri(os.environ.get(_SERVER_BACKEND_ENV)):
+        return False
+    if os.environ.get(_SERVER_ROOT_ENV) not in (_SERVER_DEFAULT_ROOT, DATABASE_ARTIFACT_ROOT):
+        return False
+    if os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):
+        return False
+    destination = os.environ.get(_SERVER_DESTINATION_ENV, "")
+    if destination not in ("", "./mlartifacts", "mlartifacts", os.path.abspath("mlartifacts"),
+                           DATABASE_ARTIFACT_ROOT):
+        return False
+    os.environ[_SERVER_DESTINATION_ENV] = DATABASE_ARTIFACT_ROOT
+    return True

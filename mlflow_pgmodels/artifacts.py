@@ -1,0 +1,150 @@
+"""Artifact files in the database (``pgm_artifacts``): their keys, and writing, listing, reading, deleting them.
+
+A file's key is its whole path below the database artifact root: ``1/<run id>/artifacts/plot.png``
+for ``pgmodels-artifacts:/1/<run id>/artifacts`` and ``plot.png``. Its bytes are a blob of
+pieces.py. Every path is checked before anything is written: no ``..``, no absolute paths, no
+NUL bytes, at most ``MAX_KEY_BYTES``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO
+
+import psycopg
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+from mlflow_pgmodels import pieces
+from mlflow_pgmodels.db import connection, read_connection
+from mlflow_pgmodels.uri import ARTIFACTS_SCHEME
+
+# A btree entry holds at most ~2.7 kB; 1024 bytes is far beyond any real artifact path.
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    blob_id: int
+    size: int
+    sha256: str
+
+
+def root_key(artifact_uri: str) -> str:
+    """The key prefix of a ``pgmodels-artifacts:/<path>`` URI ("" for the database root itself)."""
+    prefix = ARTIFACTS_SCHEME + ":"
+    if not artifact_uri.startswith(prefix):
+        raise MlflowException(f"Not a database artifact URI: {artifact_uri!r}; expected {prefix}/<path>",
+                              error_code=INVALID_PARAMETER_VALUE)
+    rest = artifact_uri[len(prefix):]
+    if rest.startswith("//"):  # pgmodels-artifacts://host/... would name a host: there is none
+        raise MlflowException(f"Invalid database artifact URI {artifact_uri!r}: it names no host; "
+                              f"expected {prefix}/<path>", error_code=INVALID_PARAMETER_VALUE)
+    return relative(rest.lstrip("/"), artifact_uri)
+
+
+def relative(path: str | None, what: str = "") -> str:
+    """``path`` as a checked relative key part ('a/b'); INVALID_PARAMETER_VALUE for a path that
+    could leave its root or that PostgreSQL cannot hold."""
+    path = path or ""
+    shown = what or path
+    if "\x00" in path:
+        raise _bad(shown, "it contains a NUL byte")
+    if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
+        raise _bad(shown, "it is absolute; artifact paths are relative to the run's or model's artifact root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." or "\\" in p for p in parts):
+        raise _bad(shown, "it contains '..' or a backslash; artifact paths stay below their root and use '/'")
+    clean = "/".join(parts)
+    if len(clean.encode("utf-8")) > MAX_KEY_BYTES:
+        raise _bad(shown[:80] + "…", f"it is longer than {MAX_KEY_BYTES} bytes")
+    return clean
+
+
+def join(root: str, rel: str | None) -> str:
+    """The key of ``rel`` below ``root`` (both already checked or about to be)."""
+    rel = relative(rel)
+    key = f"{root}/{rel}" if root and rel else root or rel
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise _bad(key[:80] + "…", f"its full path is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+def under(key: str) -> tuple[str, str]:
+    """The index range (lower bound included, upper excluded) of every key below ``key``."""
+    if not key:
+        return "", "\U0010ffff"
+    return key + "/", key + "0"  # '0' follows '/' in byte order ("C" collation)
+
+
+def _bad(path: str, why: str) -> MlflowException:
+    return MlflowException(f"Invalid artifact path {path!r}: {why}. Nothing was written.",
+                           error_code=INVALID_PARAMETER_VALUE)
+
+
+def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
+    """Write local files as artifacts, ``files`` being (local path, key) pairs; all or nothing.
+
+    A key that exists is overwritten (as on a file system); the old bytes go with it.
+    """
+    files = list(files)
+    with connection(uri, "log artifacts") as conn, conn.transaction():
+        for local_path, key in files:
+            with open(local_path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                put(conn, key, src, size, progress=f"Uploading {os.path.basename(key)}" if size > 64 << 20 else None)
+
+
+def put(conn: psycopg.Connection, key: str, src: IO[bytes], size: int, progress: str | None = None) -> None:
+    """Write one artifact from ``src`` in the caller's transaction."""
+    blob = pieces.write(conn, src, size, progress)
+    conn.execute(
+        "INSERT INTO pgm_artifacts (path, blob_id, size_bytes) VALUES (%s, %s, %s) ON CONFLICT (path) DO UPDATE"
+        " SET blob_id = EXCLUDED.blob_id, size_bytes = EXCLUDED.size_bytes, created_at = now()",
+        (key, blob.id, size))
+
+
+def listing(uri: str, key: str) -> list[tuple[str, bool, int | None]]:
+    """The entries right below ``key``: (name, is_dir, size of a file), sorted by name."""
+    low, high = under(key)
+    start = len(low) + 1
+    with read_connection(uri, "list artifacts") as conn:
+        rows = conn.execute(
+            "SELECT split_part(substr(path, %s), '/', 1) AS entry, bool_or(strpos(substr(path, %s), '/') > 0),"
+            " max(size_bytes) FROM pgm_artifacts WHERE path >= %s AND path < %s GROUP BY 1 ORDER BY 1",
+            (start, start, low, high)).fetchall()
+    return [(name, is_dir, None if is_dir else size) for name, is_dir, size in rows]
+
+
+def stat(conn: psycopg.Connection, key: str) -> StoredFile | None:
+    """The stored file at ``key``, or None."""
+    row = conn.execute("SELECT a.blob_id, b.size_bytes, b.sha256 FROM pgm_artifacts a JOIN pgm_blobs b"
+                       " ON b.id = a.blob_id WHERE a.path = %s", (key,)).fetchone()
+    return StoredFile(key, *row) if row else None
+
+
+def read(uri: str, key: str, out: IO[bytes], shown: str) -> None:
+    """Write the artifact at ``key`` into ``out`` (verified); RESOURCE_DOES_NOT_EXIST if there is none."""
+    with read_connection(uri, f"read artifact {shown}") as conn:
+        found = stat(conn, key)
+        if found is None:
+            raise MlflowException(f"No artifact {shown} in the database", error_code=RESOURCE_DOES_NOT_EXIST)
+        pieces.read(conn, found.blob_id, found.size, found.sha256, out, f"Artifact {shown}",
+                    progress=f"Downloading {os.path.basename(key)}" if found.size > 64 << 20 else None)
+
+
+def delete(uri: str, key: str) -> int:
+    """Delete the artifact at ``key`` and everything below it; returns how many files went.
+
+    Blobs that a registered version still uses stay (see sql/pgmodels_artifacts.sql).
+    """
+    if not key:
+        raise MlflowException("Refusing to delete every artifact of the database: name a run's or "
+                              "model's artifact path", error_code=INVALID_PARAMETER_VALUE)
+    low, high = under(key)
+    with connection(uri, "delete artifacts") as conn:
+        return conn.execute("DELETE FROM pgm_artifacts WHERE path = %s OR (path >= %s AND path < %s)",
+                            (key, low, high)).rowcount
