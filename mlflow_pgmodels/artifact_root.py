@@ -20,13 +20,18 @@ _SERVER_DEFAULT_ROOT = "mlflow-artifacts:/"
 
 
 def default_artifact_root(given: str | None) -> str:
-    """The artifact root for a tracking store MLflow builds with ``given`` (None: not given)."""
-    if given is not None:
-        return given
+    """The artifact root for a tracking store MLflow builds with ``given`` (None: not given).
+
+    ``mlflow server``'s workers pass the server's root as ``given``; MLflow's default there
+    counts as not given, so experiments created through the server have their root in the
+    database too and clients that reach the database directly read them.
+    """
     server_root = os.environ.get(_SERVER_ROOT_ENV)
-    if server_root is None:
+    if given is None and server_root is None:
         return DATABASE_ARTIFACT_ROOT
-    return DATABASE_ARTIFACT_ROOT if configure_server() else server_root
+    if given in (None, server_root) and configure_server():
+        return DATABASE_ARTIFACT_ROOT
+    return server_root if given is None else given
 
 
 def configure_server() -> bool:
