@@ -15,10 +15,11 @@ from typing import IO
 
 import psycopg
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import pieces
 from mlflow_pgmodels.db import connection, read_connection
+from mlflow_pgmodels.schema import ensure_schema
 from mlflow_pgmodels.uri import ARTIFACTS_SCHEME
 
 # A btree entry holds at most ~2.7 kB; 1024 bytes is far beyond any real artifact path.
@@ -56,9 +57,16 @@ def relative(path: str | None, what: str = "") -> str:
     if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
         raise _bad(shown, "it is absolute; artifact paths are relative to the run's or model's artifact root")
     parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." or "\\" in p for p in parts):
-        raise _bad(shown, "it contains '..' or a backslash; artifact paths stay below their root and use '/'")
+    if ".." in parts:
+        raise _bad(shown, "it contains '..'; artifact paths stay below their run's or model's artifact root")
+    if any("\\" in p for p in parts):
+        raise _bad(shown, "it contains a backslash; artifact paths separate directories with '/' "
+                          "(rename a local file whose name contains '\\')")
     clean = "/".join(parts)
+    try:
+        clean.encode("utf-8")
+    except UnicodeEncodeError:  # a local file name in another encoding, decoded by os.fsdecode
+        raise _bad(shown.encode("utf-8", "backslashreplace").decode(), "it is not valid UTF-8") from None
     if len(clean.encode("utf-8")) > MAX_KEY_BYTES:
         raise _bad(shown[:80] + "…", f"it is longer than {MAX_KEY_BYTES} bytes")
     return clean
@@ -81,7 +89,7 @@ def under(key: str) -> tuple[str, str]:
 
 
 def _bad(path: str, why: str) -> MlflowException:
-    return MlflowException(f"Invalid artifact path {path!r}: {why}. Nothing was written.",
+    return MlflowException(f"Invalid artifact path {path!r}: {why}. Nothing was read or written.",
                            error_code=INVALID_PARAMETER_VALUE)
 
 
@@ -91,6 +99,7 @@ def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
     A key that exists is overwritten (as on a file system); the old bytes go with it.
     """
     files = list(files)
+    ensure_schema(uri)  # a tracking store alone does not create pgm_artifacts
     with connection(uri, "log artifacts") as conn, conn.transaction():
         for local_path, key in files:
             with open(local_path, "rb") as src:
@@ -101,6 +110,10 @@ def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
 def put(conn: psycopg.Connection, key: str, src: IO[bytes], size: int, progress: str | None = None) -> None:
     """Write one artifact from ``src`` in the caller's transaction."""
     blob = pieces.write(conn, src, size, progress)
+    if src.read(1):
+        raise MlflowException(f"The file for artifact {key!r} grew while it was being stored (is something still "
+                              "writing it?); nothing was stored. Log it again once it is complete.",
+                              error_code=DATA_LOSS)
     conn.execute(
         "INSERT INTO pgm_artifacts (path, blob_id, size_bytes) VALUES (%s, %s, %s) ON CONFLICT (path) DO UPDATE"
         " SET blob_id = EXCLUDED.blob_id, size_bytes = EXCLUDED.size_bytes, created_at = now()",
