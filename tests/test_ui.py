@@ -157,3 +157,19 @@ def test_screenshots_of_the_three_pages(registry, browser, tmp_path):
     shots = screenshots(server.url, tmp_path, browser)
     assert [p.name for p in shots] == ["ui-models.png", "ui-model.png", "ui-version.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in shots)
+
+
+def test_run_artifacts_tab_previews_a_text_file_from_the_database(registry, browser):
+    import mlflow
+
+    db, server = registry
+    mlflow.set_tracking_uri(db.uri)  # logged straight into the database, shown by the server
+    with mlflow.start_run() as run:
+        mlflow.log_text("threshold: 0.42\nfeatures: tenure, support_calls", "reports/summary.txt")
+    assert db.sql("SELECT count(*) FROM pgm_artifacts WHERE path LIKE %s", (f"%{run.info.run_id}%",)) == [(1,)]
+
+    page = open_page(browser, f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts",
+                     "reports")
+    page.get_by_text("reports", exact=True).first.click()
+    page.get_by_text("summary.txt", exact=True).first.click()
+    expect(page.get_by_text("threshold: 0.42").first).to_be_visible()
