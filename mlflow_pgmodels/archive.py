@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -23,7 +24,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 _DEFLATE_BELOW = 4 * 1024 * 1024
 LEGACY_FILE = "model.joblib"
 # Files MLflow adds on download; never part of a stored version.
-_SKIP = {"registered_model_meta"}
+SKIPPED = frozenset({"registered_model_meta"})
 
 
 def pack(model_dir: str, what: str = "The model") -> IO[bytes]:
@@ -33,6 +34,37 @@ def pack(model_dir: str, what: str = "The model") -> IO[bytes]:
     """
     from mlflow_pgmodels.blobs import check_size  # not at the top: blobs is imported while mlflow loads
 
+    files = model_files(model_dir)
+    # big files are stored as they are, so the zip is at least as big as they are together
+    check_size(sum(size for _, _, size in files if size >= _DEFLATE_BELOW), what, at_least=True)
+    out = tempfile.TemporaryFile()
+    _zip(files, out)
+    out.seek(0)
+    return out
+
+
+def write_zip(model_dir: str, path: str) -> str:
+    """Write the zip of ``model_dir`` to ``path``, whatever its size; returns the zip's SHA-256."""
+    with open(path, "w+b") as out:
+        _zip(model_files(model_dir), out)
+        out.seek(0)
+        digest = hashlib.sha256()
+        while chunk := out.read(_OUT_PIECE * 4):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _zip(files: list[tuple[str, str, int]], out: IO[bytes]) -> None:
+    with zipfile.ZipFile(out, "w", allowZip64=True, compresslevel=6) as zf:
+        for path, arcname, size in files:
+            info = zipfile.ZipInfo.from_file(path, arcname)
+            info.compress_type = zipfile.ZIP_DEFLATED if size < _DEFLATE_BELOW else zipfile.ZIP_STORED
+            with open(path, "rb") as src, zf.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def model_files(model_dir: str) -> list[tuple[str, str, int]]:
+    """(local path, path in the model, size) of each file of an MLflow model directory, sorted."""
     if not os.path.isfile(os.path.join(model_dir, "MLmodel")):
         raise MlflowException(
             f"{model_dir!r} is not an MLflow model directory (no MLmodel file)",
@@ -44,22 +76,12 @@ def pack(model_dir: str, what: str = "The model") -> IO[bytes]:
         for filename in sorted(names):
             path = os.path.join(root, filename)
             arcname = os.path.relpath(path, model_dir).replace(os.sep, "/")
-            if arcname not in _SKIP:
+            if arcname not in SKIPPED:
                 files.append((path, arcname, os.path.getsize(path)))
-    # big files are stored as they are, so the zip is at least as big as they are together
-    check_size(sum(size for _, _, size in files if size >= _DEFLATE_BELOW), what, at_least=True)
-    out = tempfile.TemporaryFile()
-    with zipfile.ZipFile(out, "w", allowZip64=True, compresslevel=6) as zf:
-        for path, arcname, size in files:
-            info = zipfile.ZipInfo.from_file(path, arcname)
-            info.compress_type = zipfile.ZIP_DEFLATED if size < _DEFLATE_BELOW else zipfile.ZIP_STORED
-            with open(path, "rb") as src, zf.open(info, "w") as dst:
-                shutil.copyfileobj(src, dst, 1024 * 1024)
-    out.seek(0)
-    return out
+    return files
 
 
-def _destination(root: str, name: str, what: str) -> str:
+def destination(root: str, name: str, what: str) -> str:
     """Where entry ``name`` goes under ``root``; refuses names that would land outside it."""
     dest = os.path.realpath(os.path.join(root, name))
     if os.path.isabs(name) or "\\" in name or os.path.commonpath([root, dest]) != root:
@@ -204,7 +226,7 @@ def unpack(zip_path: str, target_dir: str, what: str, limits: Limits | None = No
         with zipfile.ZipFile(zip_path) as zf:
             _check_listing(zf.infolist(), budget)
             for info in zf.infolist():
-                dest = _destination(root, info.filename, what)
+                dest = destination(root, info.filename, what)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise MlflowException(f"{what} holds a symbolic link {info.filename!r}; nothing was "
                                           "extracted from it", error_code=DATA_LOSS)
@@ -315,7 +337,7 @@ class StreamingUnzip:
 
     def _open_entry(self, name: str, method: int, crc: int, csize: int, usize: int) -> None:
         self._budget.new_entry()
-        dest = _destination(self.root, name, self.what)
+        dest = destination(self.root, name, self.what)
         deflated = method == zipfile.ZIP_DEFLATED
         self._budget.check_entry(name, usize, csize if deflated else None)  # early, on what it says
         self._name, self._left, self._want_crc, self._crc = name, csize, crc, 0

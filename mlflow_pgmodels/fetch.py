@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels import archive, cache
+from mlflow_pgmodels import archive, cache, pieces
 from mlflow_pgmodels.blobs import read_blob
 from mlflow_pgmodels.db import read_connection
 from mlflow_pgmodels.schema import ensure_schema
@@ -32,6 +32,11 @@ class BlobInfo:
     size: int            # bytes in model_binary now
     recorded_size: int | None
     row_key: str = ""    # the row's id and xmin: changes whenever the row is written
+    format: str | None = None  # models.format: 'files' when the files are blobs in pgm_version_files
+
+    @property
+    def as_files(self) -> bool:
+        return self.format == "files"
 
     @property
     def cache_key(self) -> str:
@@ -132,15 +137,15 @@ class DatabaseSource(_CachedSource):
         """Recorded digest and size of a version, from one small query that reads no byte of ``model_binary``."""
         with read_connection(self.uri, f"read model '{name}' version {version}") as conn:
             row = conn.execute(
-                "SELECT sha256, octet_length(model_binary), size_bytes, id || 'x' || xmin"
+                "SELECT sha256, octet_length(model_binary), size_bytes, id || 'x' || xmin, format"
                 " FROM models WHERE name = %s AND version = %s",
                 (name, version),
             ).fetchone()
         if row is None:
             raise MlflowException(f"{_what(name, version)} not found in the model database",
                                   error_code=RESOURCE_DOES_NOT_EXIST)
-        stored, size, recorded, row_key = row
-        return BlobInfo(stored, stored is not None, size, recorded, row_key)
+        stored, size, recorded, row_key, fmt = row
+        return BlobInfo(stored, stored is not None, size, recorded, row_key, fmt)
 
     def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
         """The cache key of a version and how to fill its entry.
@@ -149,6 +154,8 @@ class DatabaseSource(_CachedSource):
         archive ever being written to disk (see :class:`archive.StreamingUnzip`).
         """
         info = self.metadata(name, version)
+        if info.as_files:
+            return info.cache_key, lambda tmp: self._read_files(name, version, info, os.path.join(tmp, "model"))
 
         def fill(tmp: str) -> None:
             sink = _ModelSink(tmp, name, version)
@@ -177,7 +184,7 @@ class DatabaseSource(_CachedSource):
     def digest(self, name: str, version: int) -> str:
         """The SHA-256 of a version: as recorded, else computed once per host while caching its archive."""
         info = self.metadata(name, version)
-        if info.stored_digest:
+        if info.stored_digest and not info.as_files:
             return info.digest
         with self._archive(name, version, info) as (_, digest):
             return digest
@@ -187,7 +194,11 @@ class DatabaseSource(_CachedSource):
         def fill(tmp: str) -> None:
             entry = os.path.join(tmp, "model")
             os.mkdir(entry)
-            digest = self._download(name, version, info, os.path.join(entry, ARCHIVE_FILE))
+            if info.as_files:  # zipped here from the files, once per host
+                with self.borrowed(name, version) as model:
+                    digest = archive.write_zip(model, os.path.join(entry, ARCHIVE_FILE))
+            else:
+                digest = self._download(name, version, info, os.path.join(entry, ARCHIVE_FILE))
             with open(os.path.join(entry, DIGEST_FILE), "w") as f:
                 f.write(digest)
 
@@ -195,6 +206,28 @@ class DatabaseSource(_CachedSource):
             with open(os.path.join(path, DIGEST_FILE)) as f:
                 digest = f.read()
             yield os.path.join(path, ARCHIVE_FILE), digest
+
+    def _read_files(self, name: str, version: int, info: BlobInfo, model: str) -> None:
+        """Write the files of a ``'files'`` version into the directory ``model``, each verified."""
+        what = _what(name, version)
+        with read_connection(self.uri, f"read {what}") as conn:
+            files = conn.execute(
+                "SELECT f.path, f.blob_id, b.size_bytes, b.sha256 FROM pgm_version_files f JOIN pgm_blobs b"
+                " ON b.id = f.blob_id WHERE f.name = %s AND f.version = %s ORDER BY f.path", (name, version)).fetchall()
+        if not files or pieces.manifest_digest(files) != info.digest:
+            raise MlflowException(
+                f"{what} is corrupt in the database: the files listed in pgm_version_files are not the ones "
+                "registered. Nothing was loaded. Restore the database from a backup or register the model "
+                "again.", error_code=DATA_LOSS)
+        os.makedirs(model)
+        model = os.path.realpath(model)
+        for path, blob_id, size, sha in files:
+            dest = archive.destination(model, path, what)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with read_connection(self.uri, f"read {what}") as conn, open(dest, "wb") as out:
+                pieces.read(conn, blob_id, size, sha, out, f"{what}: {path}",
+                            progress=f"Downloading {name} v{version}: {path}" if size > 64 << 20 else None)
+        _write_meta(model, name, version)
 
     def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> str:
         """Write the verified ``model_binary`` of a version to ``out_path``; returns its SHA-256."""

@@ -96,3 +96,10 @@ def read(conn: psycopg.Connection, blob_id: int, size: int, sha256: str, out: IO
             f"{size} bytes with SHA-256 {sha256[:16]}… were stored. Nothing was loaded. Restore the "
             "database from a backup or log the file again.",
             error_code=DATA_LOSS)
+
+
+def manifest_digest(files: list[tuple[str, int, int, str]]) -> str:
+    """The SHA-256 a set of files is known by (a ``'files'`` version): of its sorted
+    (path, file SHA-256, size) list; ``files`` are (path, blob id, size, SHA-256)."""
+    lines = "".join(f"{path}\t{sha.strip()}\t{size}\n" for path, _, size, sha in sorted(files))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()

@@ -37,7 +37,7 @@ from mlflow.utils.validation import (
     _validate_tag_name,
 )
 
-from mlflow_pgmodels import actor, archive, column_tags, search, sources, versions
+from mlflow_pgmodels import actor, column_tags, search, sources, versions
 from mlflow_pgmodels.arguments import blank as _blank, name as _name, tags as _tags, version as _version
 from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.entities import (
@@ -230,11 +230,15 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         copied_from = sources.own_version(source)
         if copied_from is not None:
             return versions.copy(self.store_uri, new, *copied_from)
+        in_database = sources.database_artifacts(source, self.tracking_uri)
+        if in_database is not None:  # log_model's files are here already: nothing travels again
+            registered = versions.from_artifacts(self.store_uri, new, in_database)
+            if registered is not None:
+                return registered
         with sources.model_files(source, local_model_path, self.tracking_uri) as model_dir:
             if model_dir is None:
                 return versions.without_files(self.store_uri, new)
-            with archive.pack(model_dir) as packed:
-                return versions.upload(self.store_uri, new, packed)
+            return versions.upload(self.store_uri, new, model_dir)
 
     def import_model_version(self, mv: ModelVersion, local_model_path: str | None) -> ModelVersion:
         """Insert a version copied from another MLflow registry under its own number (import-registry).
@@ -253,10 +257,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
                                   run_link=_blank(mv.run_link), description=_blank(mv.description), tags=tags)
         state = versions.ImportedState(active=not archived, stage=STAGE_NONE if archived else stage,
                                        user_id=_blank(mv.user_id), created_ms=mv.creation_timestamp)
-        if local_model_path is None:
-            return versions.import_numbered(self.store_uri, new, _version(mv.version), state, None)
-        with archive.pack(local_model_path) as packed:
-            return versions.import_numbered(self.store_uri, new, _version(mv.version), state, packed)
+        return versions.import_numbered(self.store_uri, new, _version(mv.version), state, local_model_path)
 
     def _await_model_version_creation(self, mv, await_creation_for):
         """Versions are READY when create_model_version returns: nothing to wait for."""

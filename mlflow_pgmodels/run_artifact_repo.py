@@ -37,8 +37,8 @@ class PgArtifactRepository(ArtifactRepository):
     # --- which database ---------------------------------------------------------------------
     def _database(self) -> str | None:
         """The ``pgmodels://`` URI to use, or None when only an MLflow server is known."""
-        for uri in (self.tracking_uri, os.environ.get(_SERVER_BACKEND_ENV), remembered_store(),
-                    mlflow.get_tracking_uri(), self.registry_uri, mlflow.get_registry_uri()):
+        for uri in (self.tracking_uri, os.environ.get(_SERVER_BACKEND_ENV), mlflow.get_tracking_uri(),
+                    self.registry_uri, mlflow.get_registry_uri(), remembered_store()):
             if is_pgmodels_uri(uri):
                 return uri
         return None

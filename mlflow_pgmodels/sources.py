@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels.uri import is_pgmodels_uri, parse_download_uri, redact
+from mlflow_pgmodels.artifacts import join, root_key
+from mlflow_pgmodels.uri import is_artifacts_uri, is_pgmodels_uri, parse_download_uri, redact
 
 # Sources MLflow uses for prompts: there are no files behind them.
 PLACEHOLDER_SOURCES = {"dummy-source", "prompt-template", ""}
@@ -37,6 +38,28 @@ def own_version(source: str) -> tuple[str, int] | None:
         if len(parts) == 2 and parts[1].isdigit():
             return parts[0], int(parts[1])
     return None
+
+
+def database_artifacts(source: str, tracking_uri: str | None) -> str | None:
+    """The pgm_artifacts key of ``source``'s files when they are in a pgmodels database
+    (``models:/m-<id>``, ``runs:/<run id>/<path>`` or ``pgmodels-artifacts:/…``), else None."""
+    from mlflow import MlflowClient
+
+    if is_artifacts_uri(source):
+        return root_key(source)
+    try:
+        model_id = logged_model_id(source)
+        if model_id:
+            location = MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).artifact_location
+            rest = source[len("models:/") + len(model_id):]
+        elif source.startswith("runs:/"):
+            run_id, _, rest = source[len("runs:/"):].strip("/").partition("/")
+            location = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+        else:
+            return None
+    except MlflowException:
+        return None  # not found here: the download path says why, in the usual words
+    return join(root_key(location), rest) if is_artifacts_uri(location) else None
 
 
 def source_run_id(model_id: str | None, tracking_uri: str | None) -> str | None:

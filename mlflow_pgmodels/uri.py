@@ -210,10 +210,11 @@ _store_uris: list[str] = []
 def remember_store(uri: str) -> None:
     """Note that this process built a tracking store for ``uri`` (``mlflow gc``, ``mlflow server``
     and friends then find the database of ``pgmodels-artifacts:`` roots without an environment)."""
-    if uri not in _store_uris:
-        _store_uris.append(uri)
+    if uri in _store_uris:
+        _store_uris.remove(uri)
+    _store_uris.append(uri)
 
 
 def remembered_store() -> str | None:
-    """The first ``pgmodels://`` URI this process built a tracking store for, if any."""
-    return _store_uris[0] if _store_uris else None
+    """The last ``pgmodels://`` URI this process built a tracking store for, if any."""
+    return _store_uris[-1] if _store_uris else None

@@ -1,8 +1,16 @@
 """Writing a version: the one place a row of ``models`` is born.
 
-Four ways, one function each: :func:`upload` (the model's files, streamed by binary COPY),
-:func:`copy` (a version of this store, copied inside the database), :func:`without_files`
-(a prompt) and :func:`import_numbered` (a version of another registry, keeping its number).
+The ways, one function each: :func:`upload` (the model's files, streamed by binary COPY; past
+PostgreSQL's 1 GB value limit as files in pieces), :func:`from_artifacts` (a LoggedModel or run
+whose files are in the database: assembled inside the database, no byte travels), :func:`copy`
+(a version of this store, copied inside the database), :func:`without_files` (a prompt) and
+:func:`import_numbered` (a version of another registry, keeping its number).
+
+A version is stored one of two ways. ``format = 'mlflow-zip'``: ``model_binary`` is the zip of
+the model directory, as the seed's table always held. ``format = 'files'`` (a model whose zip
+would pass 1 GB): the files are blobs of pieces.py listed in ``pgm_version_files``, and
+``model_binary`` holds only :data:`FILES_MARKER`, a line of text that no zip or pickle reader
+takes for a model.
 
 All share one transaction: the row is written under a placeholder number (minus the backend's
 pid: unique among open transactions, invisible to everyone else), then the registered model's
@@ -14,17 +22,19 @@ that fails or is killed rolls back its row and its number together.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import DATA_LOSS
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from psycopg import errors as pg_errors
 
-from mlflow_pgmodels import actor, blobs, column_tags, search
+from mlflow_pgmodels import actor, archive, artifacts, blobs, column_tags, pieces, search, stored_zip
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.entities import MV_COLUMNS, model_not_found, model_version, version_not_found
 
@@ -62,9 +72,97 @@ class ImportedState:
     created_ms: int | None
 
 
-def upload(uri: str, new: NewVersion, packed: IO[bytes]) -> ModelVersion:
-    """Register ``packed`` (a zip made by archive.pack, at position 0) as the next version."""
-    return _register(uri, new, _blob_writer(new, packed))
+FILES_MARKER = ("pgmodels: this model version is stored as files in pgm_version_files, not in model_binary "
+                "(its zip would pass PostgreSQL's 1 GB value limit). Load it with "
+                "mlflow.pyfunc.load_model('models:/<name>/<version>') or mlflow_pgmodels.load_model_from_db.\n")
+
+
+def upload(uri: str, new: NewVersion, model_dir: str) -> ModelVersion:
+    """Register the MLflow model directory ``model_dir`` as the next version.
+
+    One zip in ``model_binary`` when it fits in a PostgreSQL value, else the files in pieces.
+    """
+    with _writer_for(new, model_dir) as write:
+        return _register(uri, new, write)
+
+
+def from_artifacts(uri: str, new: NewVersion, key: str) -> ModelVersion | None:
+    """Register the model whose files are the artifacts below ``key`` (pgm_artifacts); no byte leaves
+    the database. None when there are no artifacts below ``key`` (the caller fetches the files)."""
+    def write(conn, version: int, columns: dict[str, str]) -> None:
+        low, high = artifacts.under(key)
+        rows = conn.execute(
+            "SELECT substr(a.path, %s), a.blob_id, b.size_bytes, b.crc32, b.sha256 FROM pgm_artifacts a"
+            " JOIN pgm_blobs b ON b.id = a.blob_id WHERE a.path >= %s AND a.path < %s ORDER BY a.path"
+            " FOR KEY SHARE OF a, b",  # neither deleted (mlflow gc) nor overwritten until this commits
+            (len(low) + 1, low, high)).fetchall()
+        rows = [r for r in rows if r[0] not in archive.SKIPPED]
+        if not rows:
+            raise _NoArtifacts()
+        if not any(r[0] == "MLmodel" for r in rows):
+            raise MlflowException.invalid_parameter_value(
+                f"The source {new.source!r} is not an MLflow model (no MLmodel file at its root). Register "
+                "a directory written by mlflow.<flavor>.log_model or save_model.")
+        members = [stored_zip.Member(path, size, crc) for path, _, size, crc, _ in rows]
+        if stored_zip.zip_size(members) > blobs.MAX_BLOB_BYTES or len(members) > stored_zip.MAX_ENTRIES:
+            _insert_files(conn, new, version, columns, [(path, blob_id, size, sha) for path, blob_id, size, _, sha in rows])
+            return
+        _insert_assembled_zip(conn, new, version, columns, members, [r[1] for r in rows])
+
+    try:
+        return _register(uri, new, write)
+    except _NoArtifacts:
+        return None
+
+
+class _NoArtifacts(Exception):
+    """No artifact below the key: the source's files are elsewhere."""
+
+
+def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str, str],
+                          members: list[stored_zip.Member], blob_ids: list[int]) -> None:
+    """Insert the row with ``model_binary`` = the zip of the blobs, put together by PostgreSQL."""
+    values = new.row(version, columns)
+    expected = stored_zip.zip_size(members)
+    got = conn.execute(
+        "WITH files AS (SELECT * FROM unnest(%s::bytea[], %s::bigint[]) WITH ORDINALITY AS f(header, blob_id, i)),"
+        " parts AS (SELECT i, -1 AS seq, header AS data FROM files"
+        "  UNION ALL SELECT f.i, p.seq, p.data FROM files f JOIN pgm_blob_pieces p ON p.blob_id = f.blob_id"
+        "  UNION ALL SELECT %s::bigint, -1, %s::bytea),"
+        " zip AS (SELECT string_agg(data, ''::bytea ORDER BY i, seq) AS z FROM parts)"
+        f" INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
+        f" SELECT {', '.join(['%s'] * len(_ROW_COLUMNS))}, z, 'mlflow-zip', encode(sha256(z), 'hex'), octet_length(z)"
+        " FROM zip RETURNING size_bytes",
+        ([stored_zip.local_header(m) for m in members], blob_ids, len(members) + 1, stored_zip.trailer(members),
+         *[values[c] for c in _ROW_COLUMNS])).fetchone()[0]
+    if got != expected:  # a piece missing: refuse rather than register a truncated model
+        raise MlflowException(f"The files of {new.source!r} are incomplete in the database ({got} of {expected} "
+                              "bytes); nothing was registered. Log the model again.", error_code=DATA_LOSS)
+
+
+def _files_upload_writer(new: NewVersion, files: list[tuple[str, str, int]]) -> Callable:
+    def write(conn, version: int, columns: dict[str, str]) -> None:
+        stored = []
+        for path, arcname, size in files:
+            with open(path, "rb") as src:
+                blob = pieces.write(conn, src, size, progress=f"Uploading {new.name}: {arcname}")
+            stored.append((arcname, blob.id, blob.size, blob.sha256))
+        _insert_files(conn, new, version, columns, stored)
+    return write
+
+
+def _insert_files(conn, new: NewVersion, version: int, columns: dict[str, str],
+                  files: list[tuple[str, int, int, str]]) -> None:
+    """Insert a ``format = 'files'`` row and its ``pgm_version_files``; ``files`` are (path, blob id, size, SHA-256)."""
+    values = new.row(version, columns)
+    conn.execute(
+        f"INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
+        f" VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}, %s, 'files', %s, %s)",
+        (*[values[c] for c in _ROW_COLUMNS], FILES_MARKER.encode(), pieces.manifest_digest(files),
+         sum(size for _, _, size, _ in files)))
+    conn.cursor().executemany(
+        "INSERT INTO pgm_version_files (name, version, path, blob_id, size_bytes) VALUES (%s, %s, %s, %s, %s)",
+        [(new.name, version, path, blob_id, size) for path, blob_id, size, _ in files])
 
 
 def copy(uri: str, new: NewVersion, src_name: str, src_version: int) -> ModelVersion:
@@ -78,6 +176,9 @@ def copy(uri: str, new: NewVersion, src_name: str, src_version: int) -> ModelVer
             (*[values[c] for c in _ROW_COLUMNS], src_name, src_version)).rowcount
         if not copied:
             raise version_not_found(src_name, src_version)
+        conn.execute("INSERT INTO pgm_version_files (name, version, path, blob_id, size_bytes)"
+                     " SELECT %s, %s, path, blob_id, size_bytes FROM pgm_version_files WHERE name = %s AND version = %s",
+                     (new.name, version, src_name, src_version))
 
     return _register(uri, new, write)
 
@@ -98,11 +199,25 @@ def without_files(uri: str, new: NewVersion) -> ModelVersion:
 
 
 def import_numbered(uri: str, new: NewVersion, number: int, state: ImportedState,
-                    packed: IO[bytes] | None) -> ModelVersion:
+                    model_dir: str | None) -> ModelVersion:
     """Register a version under its own ``number`` (import-registry); a number that is taken is
     RESOURCE_ALREADY_EXISTS. Later registrations continue after the highest number."""
-    write = _empty_writer(new) if packed is None else _blob_writer(new, packed)
-    return _register(uri, new, write, number=number, state=state)
+    if model_dir is None:
+        return _register(uri, new, _empty_writer(new), number=number, state=state)
+    with _writer_for(new, model_dir) as write:
+        return _register(uri, new, write, number=number, state=state)
+
+
+@contextlib.contextmanager
+def _writer_for(new: NewVersion, model_dir: str) -> Iterator[Callable]:
+    """How to write a model directory: as one zip when it fits in a value, else as files in pieces."""
+    files = archive.model_files(model_dir)
+    if sum(size for _, _, size in files) <= blobs.MAX_BLOB_BYTES:
+        with archive.pack(model_dir) as packed:
+            if os.fstat(packed.fileno()).st_size <= blobs.MAX_BLOB_BYTES:
+                yield _blob_writer(new, packed)
+                return
+    yield _files_upload_writer(new, files)
 
 
 def _blob_writer(new: NewVersion, packed: IO[bytes]) -> Callable:

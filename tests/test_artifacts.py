@@ -6,7 +6,6 @@ import os
 
 import mlflow
 import pytest
-from mlflow.exceptions import MlflowException
 
 from tests import sample
 
@@ -26,3 +25,22 @@ def test_a_new_experiment_keeps_its_artifacts_in_the_database(client, db):
     assert open(local).read() == "hello"
     assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json") == {"a": 1}
     assert db.sql("SELECT count(*) FROM pgm_artifacts") == [(2,)]
+
+
+def test_log_model_sends_the_model_once_and_the_version_is_a_zip_built_in_the_database(client, db):
+    info = sample.log(sample.regressor(3.0), "churn")
+    (version,) = client.search_model_versions("name = 'churn'")
+    assert version.source == f"models:/{info.model_id}"
+    fmt, blob = db.sql("SELECT format, model_binary FROM models WHERE name = 'churn'")[0]
+    assert fmt == "mlflow-zip" and bytes(blob[:4]) == b"PK\x03\x04"
+    import io
+    import zipfile
+    entries = zipfile.ZipFile(io.BytesIO(bytes(blob))).infolist()
+    assert "MLmodel" in [e.filename for e in entries]
+    # put together by PostgreSQL from the LoggedModel's files: stored as they were logged
+    assert {e.compress_type for e in entries} == {zipfile.ZIP_STORED}
+    logged = db.sql("SELECT sum(size_bytes) FROM pgm_artifacts WHERE path LIKE %s", (f"%/models/{info.model_id}/artifacts/%",))
+    assert logged[0][0] == sum(e.file_size for e in entries)
+    loaded = mlflow.pyfunc.load_model("models:/churn/1")
+    assert loaded.predict(sample.X[:2]).tolist() == pytest.approx((sample.X[:2, 0] * 3.0).tolist())
+    assert mlflow.pyfunc.load_model(f"models:/{info.model_id}").predict(sample.X[:1])[0] == pytest.approx(sample.X[0, 0] * 3)

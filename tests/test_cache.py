@@ -19,7 +19,6 @@ import mlflow
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlflow.exceptions import MlflowException
 from sklearn.ensemble import RandomForestClassifier
 
 from mlflow_pgmodels import archive, cache, cli
@@ -230,22 +229,3 @@ def test_processes_loading_at_once_fill_the_cache_once(client, db, tmp_path):
     before = model_bytes_read(db)
     mlflow.pyfunc.load_model("models:/churn/1")
     assert read_by_four == model_bytes_read(db) - before  # four processes read it as often as one
-
-
-# ---------------------------------------------------------------------- too big for PostgreSQL
-def test_a_model_over_postgresqls_1gb_value_limit_is_refused_before_any_byte_moves(client, db, tmp_path):
-    from mlflow_pgmodels.registry_store import PgModelsRegistryStore
-
-    model_dir = tmp_path / "big-model"
-    model_dir.mkdir()
-    (model_dir / "MLmodel").write_text("flavors: {}\n")
-    with open(model_dir / "weights.bin", "wb") as f:  # sparse: takes no disk space
-        f.truncate(1100 * 2**20)
-    client.create_registered_model("big")
-
-    with pytest.raises(MlflowException) as e:
-        PgModelsRegistryStore(db.uri).create_model_version("big", "models:/m-x", local_model_path=str(model_dir))
-
-    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
-    assert "1 GB" in e.value.message and "1,100 MiB" in e.value.message
-    assert db.sql("SELECT count(*) FROM models") == [(0,)]

@@ -1,0 +1,122 @@
+"""Models past PostgreSQL's 1 GB value limit: stored as files in pieces, end to end.
+
+One 1.1 GiB model serves every case (writing it costs seconds): logged and registered, loaded
+directly, by the seed's helper API, through ``mlflow server``, and registered again from a local
+directory; the client's memory stays far below the model's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import joblib
+import mlflow
+import pytest
+
+from tests.mlflow_server import mlflow_server, run_client
+
+pytestmark = pytest.mark.slow
+
+SIZE = 1100 * 2**20  # 1.1 GiB: its zip cannot be one bytea value
+
+
+class WeightsModel(mlflow.pyfunc.PythonModel):
+    """Predicts the SHA-256 of its weights file, read in slices (so loading it needs little memory)."""
+
+    def load_context(self, context):
+        self.path = context.artifacts["weights"]
+
+    def predict(self, context, model_input, params=None):
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        return [digest.hexdigest()] * len(model_input)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> tuple[str, str]:
+    """A 1.1 GiB file whose every MiB differs, and its SHA-256."""
+    path = tmp_path_factory.mktemp("weights") / "weights.bin"
+    block = os.urandom(2**20)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(SIZE // 2**20):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            digest.update(chunk)
+            f.write(chunk)
+    return str(path), digest.hexdigest()
+
+
+def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db, tmp_path, weights):
+    path, digest = weights
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=WeightsModel(), artifacts={"weights": path},
+                                       pip_requirements=["mlflow"], registered_model_name="huge")
+
+    # the version references the LoggedModel's pieces: the 1.1 GiB went to the database once
+    fmt, size, marker = db.sql("SELECT format, size_bytes, model_binary FROM models WHERE name = 'huge'")[0]
+    assert fmt == "files" and size > SIZE
+    assert db.sql("SELECT count(*), sum(size_bytes) FROM pgm_blobs WHERE size_bytes >= %s", (SIZE,)) == [(1, SIZE)]
+    assert db.sql("SELECT f.blob_id = a.blob_id FROM pgm_version_files f JOIN pgm_artifacts a"
+                  " ON a.path LIKE '%%/' || f.path WHERE f.path LIKE '%%weights.bin'") == [(True,)]
+    # what the seed's plain SELECT model_binary sees: a line of text, never a model
+    marker = bytes(marker)
+    assert marker.startswith(b"pgmodels: this model version is stored as files") and len(marker) < 400
+    with pytest.raises(Exception):
+        joblib.load(io.BytesIO(marker))
+
+    loaded = mlflow.pyfunc.load_model("models:/huge/1")
+    assert loaded.predict([0]) == [digest]
+    assert mlflow.pyfunc.load_model(f"models:/{info.model_id}").predict([0]) == [digest]
+
+    # through an MLflow server, by a client that has only its address
+    with mlflow_server(tmp_path / "server", db.uri) as server:
+        out = run_client(server.url, tmp_path, REMOTE_LOAD, timeout=600)
+    assert json.loads(out.splitlines()[-1]) == {"prediction": digest}
+
+
+def test_a_model_directory_past_1gb_is_uploaded_in_pieces_and_loads_in_bounded_memory(client, db, tmp_path, weights):
+    path, digest = weights
+    model_dir = tmp_path / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=WeightsModel(), artifacts={"weights": path},
+                             pip_requirements=["mlflow"])
+    client.create_registered_model("huge")
+    version = client.create_model_version("huge", str(model_dir))
+    assert int(version.version) == 1
+    assert db.sql("SELECT format FROM models WHERE name = 'huge'") == [("files",)]
+
+    # a fresh process with an empty cache: its peak memory stays a small fraction of the model
+    child = subprocess.run(
+        [sys.executable, "-c", MEASURED_LOAD, db.uri], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + str(_root()),
+             "MLFLOW_PGMODELS_CACHE_DIR": str(tmp_path / "fresh-cache")})
+    assert child.returncode == 0, child.stderr[-4000:]
+    result = json.loads(child.stdout.splitlines()[-1])
+    assert result["prediction"] == digest
+    assert result["peak_rss_mib"] < 600, result  # the model is 1,100 MiB
+
+
+def _root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+REMOTE_LOAD = """
+import json, mlflow
+loaded = mlflow.pyfunc.load_model("models:/huge/1")
+print(json.dumps({"prediction": loaded.predict([0])[0]}))
+"""
+
+MEASURED_LOAD = """
+import json, resource, sys, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+loaded = mlflow.pyfunc.load_model("models:/huge/1")
+prediction = loaded.predict([0])[0]
+print(json.dumps({"prediction": prediction,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
