@@ -145,3 +145,16 @@ def test_one_logs_another_loads_after_the_first_is_gone_and_the_server_serves_it
     mlflow.set_tracking_uri(db.uri)
     assert mlflow.artifacts.load_text(f"runs:/{remote['run_id']}/remote/note.txt") == "sent through the server"
     assert _artifact_dirs(tmp_path) == []
+
+
+@pytest.mark.slow  # a server and a client process
+def test_a_server_with_an_artifacts_destination_keeps_using_it(db, tmp_path):
+    destination = tmp_path / "team-artifacts"
+    with mlflow_server(tmp_path / "server", db.uri, env={"MLFLOW_ARTIFACTS_DESTINATION": str(destination)}) as server:
+        remote = json.loads(run_client(server.url, tmp_path, THROUGH_SERVER).splitlines()[-1])
+        assert server.failures() == [], server.log()[-5000:]
+
+    assert remote["artifact_uri"].startswith("mlflow-artifacts:/")
+    assert remote["text"] == "sent through the server"
+    assert [p.name for p in destination.rglob("note.txt")] == ["note.txt"]
+    assert db.sql("SELECT count(*) FROM pgm_artifacts") == [(0,)]
