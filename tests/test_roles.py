@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample
@@ -106,3 +107,46 @@ def test_reader_on_a_database_without_the_schema_gets_a_clear_error(empty_db):
     assert e.value.error_code == "PERMISSION_DENIED"
     assert "create the pgmodels schema" in e.value.message and login.password not in e.value.message
     assert empty_db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def _artifact_rows(db) -> list:
+    return [db.sql("SELECT path, blob_id FROM pgm_artifacts ORDER BY path"),
+            db.sql("SELECT id FROM pgm_blobs ORDER BY id"),
+            db.sql("SELECT blob_id, seq FROM pgm_blob_pieces ORDER BY 1, 2")]
+
+
+def test_predict_job_reads_run_artifacts_and_logged_models_but_cannot_write_them(db, writer, reader, tmp_path):
+    mlflow.set_tracking_uri(writer.uri)  # a training job logs into the database artifact root
+    with mlflow.start_run() as run:
+        mlflow.log_text("a = 1", "config/params.txt")
+        info = mlflow.sklearn.log_model(sample.regressor(4.0), name="model", pip_requirements=["scikit-learn"])
+    assert db.sql("SELECT count(*) > 2 FROM pgm_artifacts") == [(True,)]
+    before = _artifact_rows(db)
+
+    # a predict job is its own process: MLflow keeps one artifact repository per run id in a
+    # process, built with the tracking URI of the first client that asked (here the writer's)
+    from mlflow.tracking._tracking_service.utils import _artifact_repos_cache
+
+    _artifact_repos_cache.clear()
+    mlflow.set_tracking_uri(reader.uri)
+    client = mlflow.MlflowClient()
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config/params.txt") == "a = 1"
+    local = client.download_artifacts(run.info.run_id, "config", str(tmp_path))
+    assert (tmp_path / "config" / "params.txt").read_text() == "a = 1" and local == str(tmp_path / "config")
+    model = mlflow.pyfunc.load_model(f"models:/{info.model_id}")
+    assert model.predict(sample.X[:1])[0] == pytest.approx(4.0 * sample.X[0, 0])
+
+    extra = tmp_path / "extra.txt"
+    extra.write_text("not allowed")
+    writes = {
+        "log an artifact": lambda: client.log_artifact(run.info.run_id, str(extra), "config"),
+        "overwrite an artifact": lambda: client.log_text(run.info.run_id, "b = 2", "config/params.txt"),
+        "log a LoggedModel's file": lambda: client.log_model_artifact(info.model_id, str(extra)),
+        "delete artifacts": lambda: get_artifact_repository(run.info.artifact_uri).delete_artifacts("config"),
+    }
+    for what, write in writes.items():
+        with pytest.raises(MlflowException) as e:
+            write()
+        assert e.value.error_code == "PERMISSION_DENIED", f"{what}: {e.value.message}"
+        assert "sql/roles.sql" in e.value.message and reader.password not in e.value.message, what
+    assert _artifact_rows(db) == before
