@@ -63,6 +63,15 @@ def _state(db) -> list:
     )]
 
 
+def _all_refused(writes: dict, login: Login) -> None:
+    """Each write fails with PERMISSION_DENIED, naming sql/roles.sql and not the password."""
+    for what, write in writes.items():
+        with pytest.raises(MlflowException) as e:
+            write()
+        assert e.value.error_code == "PERMISSION_DENIED", f"{what}: {e.value.message}"
+        assert "sql/roles.sql" in e.value.message and login.password not in e.value.message, what
+
+
 def test_predict_job_cannot_change_anything(db, reader, tmp_path):
     mlflow.set_tracking_uri(db.uri)
     sample.log(sample.classifier(1), "churn")
@@ -88,11 +97,7 @@ def test_predict_job_cannot_change_anything(db, reader, tmp_path):
         "delete a version": lambda: client.delete_model_version("churn", "1"),
         "delete a model": lambda: client.delete_registered_model("churn"),
     }
-    for what, write in writes.items():
-        with pytest.raises(MlflowException) as e:
-            write()
-        assert e.value.error_code == "PERMISSION_DENIED", f"{what}: {e.value.message}"
-        assert "sql/roles.sql" in e.value.message and reader.password not in e.value.message, what
+    _all_refused(writes, reader)
 
     assert _state(db) == before
     # and reading still works with the same role
@@ -144,9 +149,5 @@ def test_predict_job_reads_run_artifacts_and_logged_models_but_cannot_write_them
         "log a LoggedModel's file": lambda: client.log_model_artifact(info.model_id, str(extra)),
         "delete artifacts": lambda: get_artifact_repository(run.info.artifact_uri).delete_artifacts("config"),
     }
-    for what, write in writes.items():
-        with pytest.raises(MlflowException) as e:
-            write()
-        assert e.value.error_code == "PERMISSION_DENIED", f"{what}: {e.value.message}"
-        assert "sql/roles.sql" in e.value.message and reader.password not in e.value.message, what
+    _all_refused(writes, reader)
     assert _artifact_rows(db) == before
