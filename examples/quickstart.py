@@ -23,9 +23,6 @@ import train_classifier
 import train_regression
 from mlflow_pgmodels import deactivate_model, get_latest_model_version
 
-EXPERIMENT = "event-models"
-
-
 def embedded_store() -> str:
     """The URI of the per-user embedded PostgreSQL (started if needed), with its ``mlflow`` database."""
     import psycopg
@@ -38,10 +35,7 @@ def embedded_store() -> str:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (QUICKSTART_DATABASE,)).fetchone():
             conn.execute(f"CREATE DATABASE {QUICKSTART_DATABASE}")
     uri = server.socket_uri(QUICKSTART_DATABASE)
-    mlflow.set_tracking_uri(uri)
-    # run artifacts next to the database, not in whatever directory this was started from
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(server.data_dir.parent / "artifacts").as_uri())
+    mlflow.set_tracking_uri(uri)  # runs, their artifacts and the models: all in this database
     return uri
 
 

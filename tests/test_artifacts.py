@@ -44,3 +44,27 @@ def test_log_model_sends_the_model_once_and_the_version_is_a_zip_built_in_the_da
     loaded = mlflow.pyfunc.load_model("models:/churn/1")
     assert loaded.predict(sample.X[:2]).tolist() == pytest.approx((sample.X[:2, 0] * 3.0).tolist())
     assert mlflow.pyfunc.load_model(f"models:/{info.model_id}").predict(sample.X[:1])[0] == pytest.approx(sample.X[0, 0] * 3)
+
+
+def test_every_kind_of_artifact_mlflow_logs_lands_in_the_database(client, db):
+    import numpy as np
+    import pandas as pd
+
+    with mlflow.start_run() as run:
+        mlflow.log_image(np.zeros((4, 4, 3), dtype=np.uint8), "plots/black.png")
+        mlflow.log_table(pd.DataFrame({"a": [1, 2]}), "tables/t.json")
+        mlflow.log_text("x", "deep/er/path/x.txt")
+
+        @mlflow.trace
+        def double(x):
+            return 2 * x
+
+        double(21)
+    keys = {k for (k,) in db.sql("SELECT path FROM pgm_artifacts")}
+    prefix = run.info.artifact_uri.removeprefix("pgmodels-artifacts:/")
+    assert {f"{prefix}/plots/black.png", f"{prefix}/tables/t.json", f"{prefix}/deep/er/path/x.txt"} <= keys
+    mlflow.flush_trace_async_logging()  # MLflow 3.17 keeps a trace's spans in its own tables
+    trace = mlflow.get_trace(mlflow.get_last_active_trace_id())
+    assert trace.data.spans[0].outputs == 42
+    assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["deep", "plots", "tables"]
+    assert not os.path.exists("mlruns")

@@ -1,6 +1,7 @@
 """The examples end to end, run as a user runs them (python examples/<script>.py), on small data."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,11 @@ def test_quickstart_without_configuration_uses_an_embedded_postgresql():
         assert server.running()
         rows = server.psql("SELECT name || ' v' || version FROM models WHERE NOT is_active", "mlflow")
         assert "cpi_regression v2" in rows
+        # everything is in the database: no artifact directory here or next to it
+        logged = server.psql("SELECT 'models=' || count(*) FROM pgm_artifacts WHERE path LIKE '%/MLmodel'", "mlflow")
+        assert int(re.search(r"models=(\d+)", logged).group(1)) >= 6
+        assert sorted(os.listdir(data_home / "mlflow-pgmodels")) == ["pgdata"]
+        assert not [p for p in os.listdir(".") if p in ("mlruns", "mlartifacts", "artifacts")]
     finally:
         server.stop()
         shutil.rmtree(data_home, ignore_errors=True)
