@@ -161,3 +161,24 @@ def delete(uri: str, key: str) -> int:
     with connection(uri, "delete artifacts") as conn:
         return conn.execute("DELETE FROM pgm_artifacts WHERE path = %s OR (path >= %s AND path < %s)",
                             (key, low, high)).rowcount
+
+
+def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str | None) -> int:
+    """Delete every file below a permanently deleted experiment's database root (its runs',
+    LoggedModels' and traces'); returns how many went.
+
+    Files below the root of another experiment (one created with an artifact location inside
+    this one's) stay, and so does everything when this root is the whole database.
+    """
+    if not (artifact_location or "").startswith(ARTIFACTS_SCHEME + ":"):
+        return 0
+    key = root_key(artifact_location)
+    if not key:
+        return 0
+    low, high = under(key)
+    with connection(uri, "delete an experiment's artifacts") as conn:
+        return conn.execute(
+            "DELETE FROM pgm_artifacts a WHERE a.path >= %s AND a.path < %s AND NOT EXISTS ("
+            " SELECT 1 FROM experiments e WHERE e.experiment_id <> %s AND e.artifact_location LIKE %s"
+            " AND starts_with(a.path, ltrim(substr(e.artifact_location, %s), '/') || '/'))",
+            (low, high, int(experiment_id), ARTIFACTS_SCHEME + ":%", len(ARTIFACTS_SCHEME) + 2)).rowcount

@@ -30,6 +30,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
         store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
     _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
+    _experiment_files_go_with_it(store, store_uri)
     _quiet_aborted_pipelines()
     return store
 
@@ -49,6 +50,21 @@ def _for_poolers(engine) -> None:
 
     event.listen(engine, "connect", on_connect)
     engine.dispose()
+
+
+def _experiment_files_go_with_it(store, store_uri: str) -> None:
+    """``mlflow gc``: a permanently deleted experiment takes the files below its database root
+    with it (its LoggedModels' and traces', which gc does not delete one by one)."""
+    from mlflow_pgmodels.artifacts import delete_experiment_files
+
+    hard_delete = store._hard_delete_experiment
+
+    def hard_delete_with_files(experiment_id):
+        experiment = store.get_experiment(experiment_id)
+        delete_experiment_files(store_uri, experiment.experiment_id, experiment.artifact_location)
+        hard_delete(experiment_id)
+
+    store._hard_delete_experiment = hard_delete_with_files
 
 
 def _quiet_aborted_pipelines() -> None:
