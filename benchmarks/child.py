@@ -18,7 +18,8 @@ import sys
 import time
 
 
-def _status(field: str) -> int:
+def status(field: str) -> int:
+    """A size field of /proc/self/status (``VmRSS``, ``VmHWM``), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -53,12 +54,12 @@ def main() -> None:
             time.sleep(0.002)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status("VmRSS")
+    before = status("VmRSS")
     start = time.perf_counter()
     model = mlflow.pyfunc.load_model(args.model_uri)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rss_before": before, "rss_peak": _status("VmHWM"),
-                      "rss_after": _status("VmRSS"), "model": type(model).__name__}), flush=True)
+    print(json.dumps({"seconds": seconds, "rss_before": before, "rss_peak": status("VmHWM"),
+                      "rss_after": status("VmRSS"), "model": type(model).__name__}), flush=True)
 
 
 if __name__ == "__main__":

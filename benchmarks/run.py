@@ -4,17 +4,22 @@
     python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models, a small registry
     python benchmarks/run.py --scale    # only the registry at scale (issue 13, ~3 minutes): 10,000 models
     python benchmarks/run.py --serving  # only 32 remote clients loading one version through `mlflow server` (issue 13)
+    python benchmarks/run.py --once     # only bytes travel once (issue 11, ~2 minutes): wire bytes, log + register
+    python benchmarks/run.py --once --huge-gb 1.1   # and a 1.1 GiB model, log + load in new processes (~5 minutes)
 
 Starts its own embedded PostgreSQL in a temporary directory (unix socket), builds the models once,
 measures both stores in this one run, prints a table (median, min–max, ratio, goal) and writes
 benchmarks/results/latest.json (``--quick``: quick.json, ``--scale``: scale.json, ``--serving``:
-serving.json); a full, ``--scale`` or ``--serving`` run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
+serving.json, ``--once`` / ``--huge-gb``: once.json); a full, ``--scale``, ``--serving`` or ``--once``
+run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
 docs/performance.md explains the results.
 
 One module per measurement family: registration (writes), loading (reads), metadata (registry
 queries), scale (the Models list and version searches at 10,000 models against stock MLflow on
 PostgreSQL: ``--scale``, and in the smoke run at small counts), serving (remote clients through
-`mlflow server`: ``--serving`` only), huge (the 512 MB model); bench,
+`mlflow server`: ``--serving`` only), huge (the 512 MB model), once (bytes on the wire and the
+in-database zip assembly: ``--once``; wire.py counts the bytes) and huge_gb (a model past 1 GB:
+``--huge-gb``); bench,
 models, database and processes are what they share.
 """
 
@@ -37,8 +42,10 @@ os.environ.setdefault("MLFLOW_PGMODELS_PROGRESS", "0")
 from benchmarks import database, loading, registration  # noqa: E402
 from benchmarks.bench import FULL, QUICK, Bench, remove_tree  # noqa: E402
 from benchmarks.huge import huge  # noqa: E402
+from benchmarks.huge_gb import huge_gb  # noqa: E402
 from benchmarks.metadata import metadata  # noqa: E402
 from benchmarks.models import forest, same_predictions, tiny_model  # noqa: E402
+from benchmarks.once import once  # noqa: E402
 from benchmarks.report import save, table, update_docs  # noqa: E402
 from benchmarks.scale import scale  # noqa: E402
 from benchmarks.serving import serving  # noqa: E402
@@ -82,19 +89,38 @@ def measure(bench: Bench, with_scale: bool) -> None:
     bench.phase("")
 
 
+def measure_once(bench: Bench, with_once: bool, huge_gib: float | None) -> None:
+    """Issue 11: bytes travel once (``with_once``) and a model of ``huge_gib`` GiB."""
+    if with_once:
+        bench.phase("train forest")
+        big, _ = forest(bench.plan.big_mb)
+        bench.phase("bytes travel once")
+        once(bench, big, f"{bench.plan.big_mb} MB")
+        del big
+    if huge_gib:
+        bench.phase(f"{huge_gib:g} GiB model")
+        huge_gb(bench, huge_gib)
+    bench.phase("")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     parser.add_argument("--scale", action="store_true", help="only the registry at scale (issue 13)")
     parser.add_argument("--serving", action="store_true",
                         help="only remote clients loading one version through `mlflow server` (issue 13)")
+    parser.add_argument("--once", action="store_true",
+                        help="only bytes travel once: wire bytes, log + register against stock + COPY (issue 11)")
+    parser.add_argument("--huge-gb", type=float, metavar="GIB",
+                        help="only (or with --once) a model of GIB GiB: log + register and load, time and memory")
     parser.add_argument("--out", help="results file (default benchmarks/results/latest.json, quick: quick.json,"
-                                      " scale: scale.json, both: scale-quick.json, serving: serving.json)")
+                                      " scale: scale.json, both: scale-quick.json, serving: serving.json, once: once.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    section = "serving" if args.serving else "scale" if args.scale else "full"  # which table in docs/performance.md
-    mode = {"full": "quick", "scale": "scale-quick", "serving": "serving-quick"}[section] if args.quick else section
+    section = ("once" if args.once or args.huge_gb else "serving" if args.serving else "scale" if args.scale
+               else "full")  # which table in docs/performance.md
+    mode = f"{'quick' if section == 'full' else section + '-quick'}" if args.quick else section
     out = args.out or str(HERE / "results" / f"{'latest' if mode == 'full' else mode}.json")
     base = Path(tempfile.mkdtemp(prefix="pgmodels-bench-"))
     bench = Bench(plan, base)
@@ -103,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.phase("setup")
         bench.setup()
-        if args.serving:
+        if section == "once":
+            measure_once(bench, args.once, args.huge_gb)
+        elif args.serving:
             serving(bench)
         elif args.scale:
             scale(bench)
@@ -113,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.teardown()
         remove_tree(base)
     minutes = (time.time() - started) / 60
-    flags = "".join(f" --{flag}" for flag in ("quick", "scale", "serving") if getattr(args, flag))
+    flags = "".join(f" --{flag}" for flag in ("quick", "scale", "serving", "once") if getattr(args, flag))
+    flags += f" --huge-gb {args.huge_gb:g}" if args.huge_gb else ""
     header = (f"`python benchmarks/run.py{flags}`, "
               f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {minutes:.1f} min; "
               f"medians (min–max); ratio = pgmodels / baseline.")
