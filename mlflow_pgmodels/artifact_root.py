@@ -14,6 +14,7 @@ from mlflow_pgmodels.uri import DATABASE_ARTIFACT_ROOT, is_pgmodels_uri
 
 # set by `mlflow server` for its workers
 _SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_REGISTRY_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"
 _SERVER_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 _SERVER_DESTINATION_ENV = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
 _SERVER_DEFAULT_ROOT = "mlflow-artifacts:/"
@@ -34,14 +35,28 @@ def default_artifact_root(given: str | None) -> str:
     return server_root if given is None else given
 
 
+def server_database() -> str | None:
+    """Inside an ``mlflow server``: the ``pgmodels://`` URI of its backend store, else of its
+    registry store (``--registry-store-uri``), else None."""
+    for uri in (os.environ.get(_SERVER_BACKEND_ENV), os.environ.get(_SERVER_REGISTRY_ENV)):
+        if is_pgmodels_uri(uri):
+            return uri
+    return None
+
+
 def configure_server() -> bool:
-    """Inside an ``mlflow server`` on a pgmodels database that runs with MLflow's artifact
-    defaults: point its artifact proxy at the database; returns whether it does.
+    """Inside an ``mlflow server`` whose backend or registry store is a pgmodels database and
+    that runs with MLflow's artifact defaults: point its artifact proxy at the database; returns
+    whether it does.
+
+    The registry store counts too: ``pgmodels-artifacts:`` roots of that database (experiments
+    created while it was the tracking store) reach the server's proxy from ``http://`` clients,
+    and registering their models reads them from the database.
 
     Runs when this package's artifact repositories are registered (while MLflow's artifact
     registry is imported), so before the server's first artifact request.
     """
-    if not is_pgmodels_uri(os.environ.get(_SERVER_BACKEND_ENV)):
+    if server_database() is None:
         return False
     if os.environ.get(_SERVER_ROOT_ENV) not in (_SERVER_DEFAULT_ROOT, DATABASE_ARTIFACT_ROOT):
         return False

@@ -21,8 +21,6 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow_pgmodels import artifact_root, artifacts
 from mlflow_pgmodels.uri import is_pgmodels_uri, remembered_store
 
-# set by `mlflow server` for its workers
-_SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
 artifact_root.configure_server()
 
 
@@ -37,7 +35,7 @@ class PgArtifactRepository(ArtifactRepository):
     # --- which database ---------------------------------------------------------------------
     def _database(self) -> str | None:
         """The ``pgmodels://`` URI to use, or None when only an MLflow server is known."""
-        for uri in (self.tracking_uri, os.environ.get(_SERVER_BACKEND_ENV), mlflow.get_tracking_uri(),
+        for uri in (self.tracking_uri, artifact_root.server_database(), mlflow.get_tracking_uri(),
                     self.registry_uri, mlflow.get_registry_uri(), remembered_store()):
             if is_pgmodels_uri(uri):
                 return uri
