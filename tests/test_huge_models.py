@@ -18,6 +18,8 @@ import joblib
 import mlflow
 import pytest
 
+from mlflow_pgmodels import load_model_from_db
+from tests.conftest import make_database
 from tests.mlflow_server import mlflow_server, run_client
 
 pytestmark = pytest.mark.slow
@@ -78,18 +80,49 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
     # through an MLflow server, by a client that has only its address
     with mlflow_server(tmp_path / "server", db.uri) as server:
         out = run_client(server.url, tmp_path, REMOTE_LOAD, timeout=600)
+        # the UI's download of one file of the version
+        import requests
+
+        with requests.get(f"{server.url}/model-versions/get-artifact", stream=True, timeout=600,
+                          params={"name": "huge", "version": "1", "path": "artifacts/weights.bin"}) as response:
+            assert response.status_code == 200
+            served = hashlib.sha256()
+            for chunk in response.iter_content(8 << 20):
+                served.update(chunk)
+        assert server.failures() == []
     assert json.loads(out.splitlines()[-1]) == {"prediction": digest}
+    assert served.hexdigest() == digest
 
 
-def test_a_model_directory_past_1gb_is_uploaded_in_pieces_and_loads_in_bounded_memory(client, db, tmp_path, weights):
+def test_a_model_directory_past_1gb_is_uploaded_in_pieces_and_loads_in_bounded_memory(client, db, pg, tmp_path,
+                                                                                         weights):
     path, digest = weights
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=WeightsModel(), artifacts={"weights": path},
                              pip_requirements=["mlflow"])
     client.create_registered_model("huge")
-    version = client.create_model_version("huge", str(model_dir))
+    version = client.create_model_version("huge", str(model_dir), tags={"event": "cpi", "model_type": "weights"})
     assert int(version.version) == 1
     assert db.sql("SELECT format FROM models WHERE name = 'huge'") == [("files",)]
+
+    # the seed's helper API
+    model, number = load_model_from_db("huge", "cpi", "weights", uri=db.uri)
+    assert number == 1 and model.predict([0]) == [digest]
+
+    # import-registry from a stock MLflow registry into another database keeps it whole
+    stock = f"sqlite:///{tmp_path}/stock.db"
+    stock_client = mlflow.MlflowClient(tracking_uri=stock, registry_uri=stock)
+    stock_client.create_registered_model("huge")
+    stock_client.create_model_version("huge", str(model_dir))
+    other = make_database(pg)
+    try:
+        done = subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", "import-registry", "--from", stock,
+                               "--uri", other.uri], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert other.sql("SELECT name, version, format FROM models") == [("huge", 1, "files")]
+        assert other.sql("SELECT sha256 FROM models") == db.sql("SELECT sha256 FROM models")
+    finally:
+        pg.psql(f"DROP DATABASE IF EXISTS {other.name} WITH (FORCE)")
 
     # a fresh process with an empty cache: its peak memory stays a small fraction of the model
     child = subprocess.run(
