@@ -3,6 +3,7 @@ written; the first artifact of a new database needs no setup."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -134,3 +135,43 @@ def test_the_first_artifact_of_a_new_database_needs_no_setup(empty_db):
     assert mlflow.artifacts.load_text(f"runs:/{active.info.run_id}/notes/hello.txt") == "hello"
     assert empty_db.sql("SELECT path FROM pgm_artifacts") == [
         (f"{active.info.experiment_id}/{active.info.run_id}/artifacts/notes/hello.txt",)]
+
+
+REMOTE_BAD_PATHS = r'''
+import json, os, sys
+import mlflow
+from mlflow.exceptions import MlflowException
+
+client = mlflow.MlflowClient()
+run = client.create_run(client.create_experiment("remote"))
+open("good.txt", "w").write("good")
+os.makedirs("outputs", exist_ok=True)
+open("outputs/a.txt", "w").write("a")
+open("outputs/win\\style.txt", "w").write("b")
+attempts = {
+    "log_artifact into '..'": lambda: client.log_artifact(run.info.run_id, "good.txt", ".."),
+    "log_artifact into a\\b": lambda: client.log_artifact(run.info.run_id, "good.txt", "a\\b"),
+    "log_text over-long": lambda: client.log_text(run.info.run_id, "x", "d/" * 520 + "f.txt"),
+    "log_artifacts with a backslash file": lambda: client.log_artifacts(run.info.run_id, "outputs"),
+    "list '..'": lambda: client.list_artifacts(run.info.run_id, ".."),
+}
+codes = {}
+for what, attempt in attempts.items():
+    try:
+        attempt()
+        codes[what] = "accepted"
+    except MlflowException as e:
+        codes[what] = e.error_code
+print(json.dumps(codes))
+'''
+
+
+@pytest.mark.slow  # a server and a client process
+def test_a_client_of_an_mlflow_server_gets_the_same_refusals(db, tmp_path):
+    from tests.mlflow_server import mlflow_server, run_client
+
+    (tmp_path / "client").mkdir()
+    with mlflow_server(tmp_path / "server", db.uri) as server:
+        codes = json.loads(run_client(server.url, tmp_path / "client", REMOTE_BAD_PATHS).splitlines()[-1])
+    assert codes == {what: "INVALID_PARAMETER_VALUE" for what in codes}, codes
+    assert _written(db) == [[], [], []]
