@@ -17,6 +17,7 @@ import sys
 import joblib
 import mlflow
 import pytest
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from mlflow_pgmodels import load_model_from_db
 from tests.conftest import make_database
@@ -92,6 +93,22 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
         assert server.failures() == []
     assert json.loads(out.splitlines()[-1]) == {"prediction": digest}
     assert served.hexdigest() == digest
+
+    # a copy references the same pieces; the version outlives its LoggedModel's files
+    client.copy_model_version("models:/huge/1", "huge-copy")
+    assert db.sql("SELECT format FROM models WHERE name = 'huge-copy'") == [("files",)]
+    location = client.get_logged_model(info.model_id).artifact_location
+    get_artifact_repository(location).delete_artifacts()
+    assert db.sql("SELECT count(*) FROM pgm_artifacts") == [(0,)]
+    assert db.sql("SELECT count(*) FROM pgm_blobs WHERE size_bytes >= %s", (SIZE,)) == [(1,)]
+    from mlflow_pgmodels import cache
+
+    cache.clear()
+    assert mlflow.pyfunc.load_model("models:/huge-copy/1").predict([0]) == [digest]
+    client.delete_registered_model("huge")
+    client.delete_registered_model("huge-copy")
+    assert db.sql("SELECT count(*) FROM pgm_blobs") == [(0,)]  # the last reference took the pieces
+    assert db.sql("SELECT count(*) FROM pgm_blob_pieces") == [(0,)]
 
 
 def test_a_model_directory_past_1gb_is_uploaded_in_pieces_and_loads_in_bounded_memory(client, db, pg, tmp_path,
