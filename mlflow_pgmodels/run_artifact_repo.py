@@ -35,8 +35,10 @@ class PgArtifactRepository(ArtifactRepository):
     # --- which database ---------------------------------------------------------------------
     def _database(self) -> str | None:
         """The ``pgmodels://`` URI to use, or None when only an MLflow server is known."""
+        # a client working through a server never falls back to a database this process used before
+        via_server = (self.tracking_uri or mlflow.get_tracking_uri()).startswith(("http://", "https://"))
         for uri in (self.tracking_uri, artifact_root.server_database(), mlflow.get_tracking_uri(),
-                    self.registry_uri, mlflow.get_registry_uri(), remembered_store()):
+                    self.registry_uri, mlflow.get_registry_uri(), None if via_server else remembered_store()):
             if is_pgmodels_uri(uri):
                 return uri
         return None

@@ -175,3 +175,24 @@ def test_a_client_of_an_mlflow_server_gets_the_same_refusals(db, tmp_path):
         codes = json.loads(run_client(server.url, tmp_path / "client", REMOTE_BAD_PATHS).splitlines()[-1])
     assert codes == {what: "INVALID_PARAMETER_VALUE" for what in codes}, codes
     assert _written(db) == [[], [], []]
+
+
+@pytest.mark.slow  # a server
+def test_a_client_that_switched_to_a_server_writes_through_it(db, pg, tmp_path):
+    from tests.conftest import make_database
+    from tests.mlflow_server import mlflow_server
+
+    used_before = make_database(pg)
+    try:
+        mlflow.set_tracking_uri(used_before.uri)
+        mlflow.MlflowClient().search_experiments()  # this process has a store for that database
+        with mlflow_server(tmp_path / "server", db.uri) as server:
+            mlflow.set_tracking_uri(server.url)
+            with mlflow.start_run() as run:
+                mlflow.log_text("through the server", "notes.txt")
+            assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes.txt") == "through the server"
+        assert used_before.sql("SELECT path FROM pgm_artifacts") == []
+        assert db.sql("SELECT path FROM pgm_artifacts") == [
+            (f"{run.info.experiment_id}/{run.info.run_id}/artifacts/notes.txt",)]
+    finally:
+        pg.psql(f"DROP DATABASE IF EXISTS {used_before.name} WITH (FORCE)")

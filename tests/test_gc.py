@@ -10,8 +10,8 @@ import sys
 import mlflow
 import pytest
 
-from mlflow_pgmodels.embedded import free_port
 from tests import sample
+from tests.mlflow_server import mlflow_server
 
 
 def _gc(db, tracking_uri: str) -> str:
@@ -72,7 +72,8 @@ def test_gc_removes_a_deleted_runs_files_and_keeps_its_registered_version(client
     assert version.predict(sample.X[:1])[0] == pytest.approx(3.0 * sample.X[0, 0])
 
 
-def test_gc_of_a_deleted_experiment_removes_every_file_below_its_root(client, db):
+@pytest.mark.slow  # a server
+def test_gc_of_a_deleted_experiment_removes_every_file_below_its_root(client, db, tmp_path):
     doomed_id = mlflow.create_experiment("old")
     kept_id = mlflow.create_experiment("current")
     _logged_run(doomed_id, 3.0, register="churn")
@@ -84,9 +85,10 @@ def test_gc_of_a_deleted_experiment_removes_every_file_below_its_root(client, db
     assert _files(db, doomed_id) > 4
 
     client.delete_experiment(doomed_id)  # its runs are deleted with it; its LoggedModels are not marked
-    # a team whose clients use an MLflow server: gc still deletes in the database, not through
-    # the server (none listens there)
-    out = _gc(db, f"http://127.0.0.1:{free_port()}")
+    # a team behind an MLflow server runs gc with the server as tracking URI (as MLflow asks)
+    with mlflow_server(tmp_path / "server", db.uri) as server:
+        out = _gc(db, server.url)
+        assert server.failures() == [], server.log()[-5000:]
 
     assert f"Experiment with ID {doomed_id} has been permanently deleted" in out
     assert _files(db, doomed_id) == _files(db, f"{doomed_id}/inside") == 1
