@@ -98,8 +98,8 @@ def read_blob(conn: psycopg.Connection, name: str, version: int, size: int, out:
 
 
 def read_chunks(conn: psycopg.Connection, chunk_query: Callable[[int], tuple[str, tuple]], size: int,
-                out: IO[bytes], progress: str | None = None, gone: str = "The file was deleted while it was being read"
-                ) -> tuple[str, int]:
+                out: IO[bytes], progress: str | None = None, gone: str = "The file was deleted while it was being read",
+                gone_code: str = RESOURCE_DOES_NOT_EXIST) -> tuple[str, int]:
     """Stream ``size`` bytes into ``out``, ``chunk_query(offset)`` giving the query of the chunk at
     ``offset`` (one row, one bytea of at most ``READ_CHUNK`` bytes); returns (SHA-256, bytes read).
 
@@ -130,7 +130,7 @@ def read_chunks(conn: psycopg.Connection, chunk_query: Callable[[int], tuple[str
                     if row is None:
                         if got == size:  # an empty file: no piece at all
                             break
-                        raise MlflowException(gone, error_code=RESOURCE_DOES_NOT_EXIST)
+                        raise MlflowException(gone, error_code=gone_code)
                     if not row[0] or not put(row[0]):
                         break
                     got += len(row[0])

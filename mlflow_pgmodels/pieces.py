@@ -89,7 +89,11 @@ def read(conn: psycopg.Connection, blob_id: int, size: int, sha256: str, out: IO
         return ("SELECT substring(data FROM %s FOR %s) FROM pgm_blob_pieces WHERE blob_id = %s AND seq = %s",
                 (offset % PIECE + 1, READ_CHUNK, blob_id, offset // PIECE))
 
-    digest, got = read_chunks(conn, chunk, size, out, progress, gone=f"{what} was deleted while it was being read")
+    digest, got = read_chunks(
+        conn, chunk, size, out, progress, gone_code=DATA_LOSS,
+        gone=f"{what} is incomplete in the database: a piece of it is missing (deleted while it was read, or "
+             "lost in a partial restore). Nothing was loaded. Restore the database from a backup or log the "
+             "file again.")
     if got != size or digest != sha256.strip():
         raise MlflowException(
             f"{what} is corrupt in the database: {got} bytes with SHA-256 {digest[:16]}… were read, but "

@@ -68,3 +68,22 @@ def test_every_kind_of_artifact_mlflow_logs_lands_in_the_database(client, db):
     assert trace.data.spans[0].outputs == 42
     assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["deep", "plots", "tables"]
     assert not os.path.exists("mlruns")
+
+
+@pytest.mark.parametrize("damage", [
+    "UPDATE pgm_blob_pieces SET data = overlay(data PLACING '\\x00'::bytea FROM 3)",
+    "DELETE FROM pgm_blob_pieces",
+])
+def test_a_damaged_artifact_is_data_loss_and_nothing_is_downloaded(client, db, tmp_path, damage):
+    with mlflow.start_run() as run:
+        mlflow.log_text("the original words", "notes.txt")
+    db.sql(damage)
+
+    with pytest.raises(mlflow.MlflowException) as e:
+        # (through runs:/ MLflow's own wrapper reports any failure as RESOURCE_DOES_NOT_EXIST)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{run.info.artifact_uri}/notes.txt",
+                                            dst_path=str(tmp_path / "out"))
+
+    assert e.value.error_code == "DATA_LOSS", e.value.message
+    assert "notes.txt" in e.value.message and "Nothing was loaded" in e.value.message
+    assert not (tmp_path / "out" / "notes.txt").exists()
