@@ -98,7 +98,7 @@ def test_quickstart_without_configuration_uses_an_embedded_postgresql():
         # everything is in the database: no artifact directory here or next to it
         logged = server.psql("SELECT 'models=' || count(*) FROM pgm_artifacts WHERE path LIKE '%/MLmodel'", "mlflow")
         assert int(re.search(r"models=(\d+)", logged).group(1)) >= 6
-        assert sorted(os.listdir(data_home / "mlflow-pgmodels")) == ["pgdata"]
+        assert sorted(os.listdir(data_home / "mlflow-pgmodels")) == ["pgdata", "pgdata.sock"]
         assert not [p for p in os.listdir(".") if p in ("mlruns", "mlartifacts", "artifacts")]
     finally:
         server.stop()
