@@ -163,10 +163,16 @@ print(json.dumps({"prediction": loaded.predict([0])[0]}))
 """
 
 MEASURED_LOAD = """
-import json, resource, sys, mlflow
+import json, sys, mlflow
+
+
+def peak_rss_mib():  # this process's high-water mark (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 mlflow.set_tracking_uri(sys.argv[1])
 loaded = mlflow.pyfunc.load_model("models:/huge/1")
 prediction = loaded.predict([0])[0]
-print(json.dumps({"prediction": prediction,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"prediction": prediction, "peak_rss_mib": peak_rss_mib()}))
 """
