@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -53,7 +54,15 @@ def weights(tmp_path_factory) -> tuple[str, str]:
             chunk = i.to_bytes(8, "little") + block[8:]
             digest.update(chunk)
             f.write(chunk)
-    return str(path), digest.hexdigest()
+    yield str(path), digest.hexdigest()
+    path.unlink()
+
+
+@pytest.fixture(autouse=True)
+def _no_gigabytes_left_behind(tmp_path):
+    """pytest keeps the last runs' directories: without this each run would leave ~10 GB there."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db, tmp_path, weights):
@@ -76,7 +85,11 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
 
     loaded = mlflow.pyfunc.load_model("models:/huge/1")
     assert loaded.predict([0]) == [digest]
-    assert mlflow.pyfunc.load_model(f"models:/{info.model_id}").predict([0]) == [digest]
+    # (MLflow downloads a LoggedModel of a remote store into the directory given, else a new
+    # temporary one it never removes)
+    (tmp_path / "logged").mkdir()
+    logged = mlflow.pyfunc.load_model(f"models:/{info.model_id}", dst_path=str(tmp_path / "logged"))
+    assert logged.predict([0]) == [digest]
 
     # through an MLflow server, by a client that has only its address
     with mlflow_server(tmp_path / "server", db.uri) as server:
