@@ -95,12 +95,13 @@ class Forwarder:
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(_BUFFER):
-                dst.sendall(data)
+                # counted before it is passed on: once a side has the bytes, they are in the count
                 with self._lock:
                     if upstream:
                         self.sent += len(data)
                     else:
                         self.received += len(data)
+                dst.sendall(data)
         except OSError:
             pass
         finally:

@@ -90,6 +90,7 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
     (tmp_path / "logged").mkdir()
     logged = mlflow.pyfunc.load_model(f"models:/{info.model_id}", dst_path=str(tmp_path / "logged"))
     assert logged.predict([0]) == [digest]
+    shutil.rmtree(tmp_path / "logged")  # disk: each copy of the model is 1.1 GiB
 
     # through an MLflow server, by a client that has only its address
     with mlflow_server(tmp_path / "server", db.uri) as server:
@@ -104,6 +105,8 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
             for chunk in response.iter_content(8 << 20):
                 served.update(chunk)
         assert server.failures() == []
+    shutil.rmtree(tmp_path / "server")
+    shutil.rmtree(tmp_path / "client-cache")
     assert json.loads(out.splitlines()[-1]) == {"prediction": digest}
     assert served.hexdigest() == digest
 
