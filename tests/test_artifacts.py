@@ -87,3 +87,14 @@ def test_a_damaged_artifact_is_data_loss_and_nothing_is_downloaded(client, db, t
     assert e.value.error_code == "DATA_LOSS", e.value.message
     assert "notes.txt" in e.value.message and "Nothing was loaded" in e.value.message
     assert not (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_an_explicit_artifact_location_still_wins(client, db, tmp_path):
+    elsewhere = tmp_path / "team-share"
+    experiment_id = mlflow.create_experiment("on-disk", artifact_location=elsewhere.as_uri())
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_text("kept on disk", "notes.txt")
+
+    assert (elsewhere / run.info.run_id / "artifacts" / "notes.txt").read_text() == "kept on disk"
+    assert db.sql("SELECT count(*) FROM pgm_artifacts") == [(0,)]
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes.txt") == "kept on disk"
