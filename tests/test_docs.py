@@ -260,3 +260,15 @@ def test_every_setting_the_docs_name_exists():
     for page in PAGES:
         unknown = set(SETTING.findall(page.read_text())) - code
         assert not unknown, f"{_rel(page)} names settings the code does not read: {sorted(unknown)}"
+
+
+def test_the_versions_the_docs_state_are_pyproject_s():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    mlflow_floor = re.search(r'"mlflow>=([\d.]+)', pyproject).group(1)
+    python_floor = re.search(r'requires-python\s*=\s*">=([\d.]+)"', pyproject).group(1)
+    for page in (README, ROOT / "docs" / "production.md"):
+        text = page.read_text()
+        assert f"MLflow ≥ {mlflow_floor}" in text or f"≥ {mlflow_floor}, < " in text, \
+            f"{_rel(page)} does not state pyproject.toml's MLflow floor {mlflow_floor}"
+        assert f"Python ≥ {python_floor}" in text or f"| Python | ≥ {python_floor}" in text, \
+            f"{_rel(page)} does not state pyproject.toml's Python floor {python_floor}"
