@@ -1,0 +1,274 @@
+"""README.md and docs/ stay true: links stay inside the repository, every `mlflow-pgmodels` command
+shown matches the real CLI's --help, code blocks compile, the settings table names what the code reads.
+
+No database needed: one subprocess asks the CLI for the --help of every subcommand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# Pages that other branches add; linked from here before every branch has them.
+PENDING_PAGES = {"docs/compatibility.md", "docs/roles.md", "docs/governance.md"}
+
+FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
+SETTING = re.compile(r"MLFLOW_PGMODELS_[A-Z0-9_]*[A-Z0-9]")
+
+
+def _rel(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _blocks(page: Path) -> list[tuple[str, str]]:
+    """The fenced code blocks of a page: (language, text)."""
+    return [(m.group(1).lower(), m.group(2)) for m in FENCE.finditer(page.read_text())]
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced blocks and code spans (where brackets are not links)."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+@cache
+def _anchors(page: Path) -> frozenset[str]:
+    """GitHub's anchors for the headings of a page."""
+    seen: dict[str, int] = {}
+    found = set()
+    for line in FENCE.sub("", page.read_text()).splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")
+    return frozenset(found)
+
+
+def _links(page: Path) -> list[str]:
+    text = _prose(page.read_text())
+    return LINK.findall(text) + REFERENCE.findall(text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_links_stay_inside_the_repository(page):
+    problems = []
+    for target in _links(page):
+        if re.match(r"https?://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        if re.match(r"[a-z][\w+.-]*:", path) or path.startswith(("/", "~", "\\")):
+            problems.append(f"{target}: not a relative path or an http(s) URL")
+            continue
+        resolved = (page.parent / path).resolve() if path else page
+        try:
+            inside = resolved.relative_to(ROOT).as_posix()
+        except ValueError:
+            problems.append(f"{target}: points outside the repository")
+            continue
+        if not resolved.exists():
+            if inside not in PENDING_PAGES:
+                problems.append(f"{target}: {inside} does not exist")
+            continue
+        if anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            problems.append(f"{target}: no heading of {inside} has the anchor #{anchor}")
+    assert problems == [], f"{_rel(page)}: {problems}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_no_path_named_outside_the_repository(page):
+    """Also paths in code spans and blocks: readers of the repository have nothing beside it
+    (``../x`` must be a file of the repository, seen from the page or from the top)."""
+    outside = []
+    for path in re.findall(r"(?<![\w.])(?:\.\./)+[\w.-][\w./-]*", page.read_text()):
+        if not any(_inside(base / path) and (base / path).exists() for base in (page.parent, ROOT)):
+            outside.append(path)
+    assert outside == [], f"{_rel(page)} names paths outside the repository: {outside}"
+
+
+def _inside(path: Path) -> bool:
+    try:
+        path.resolve().relative_to(ROOT)
+        return True
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------ the CLI
+_HELP_WALK = r"""
+import contextlib, io, json, re
+from mlflow_pgmodels import cli
+
+def help_of(path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli.main([*path, "--help"])
+    return out.getvalue()
+
+helps = {}
+def walk(path):
+    text = helps[" ".join(path)] = help_of(path)
+    for group in re.findall(r"\{([^}]+)\}", text.split("\n\n")[0]):
+        for choice in group.split(","):
+            sub = [*path, choice]
+            if help_of(sub).startswith("usage: mlflow-pgmodels " + " ".join(sub) + " "):
+                walk(sub)
+walk([])
+print(json.dumps(helps))
+"""
+
+
+@cache
+def _cli_help() -> dict[str, str]:
+    """The real --help of every subcommand, keyed by its path ('' for the top, 'webhooks run' …)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-c", _HELP_WALK], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# `mlflow-pgmodels` as a command (not `pip install mlflow-pgmodels`, not a path ending in it)
+COMMAND = re.compile(r"(?<![\w/.$-])mlflow-pgmodels((?:[ \t]+[^\s#`|;&][^\s`|;&]*)+)")
+
+
+def _commands() -> list[tuple[str, str]]:
+    """(page, argument text) of every `mlflow-pgmodels …` shown in a code block or code span."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        pieces = [block for _, block in _blocks(page)]
+        pieces += [m.group(2) for m in CODE_SPAN.finditer(FENCE.sub("", text))]
+        for piece in pieces:
+            for line in piece.replace("\\\n", " ").splitlines():
+                line = re.sub(r"(^|\s)#.*$", "", line)  # a shell comment
+                for m in COMMAND.finditer(line):
+                    if re.search(r"\b(install|uninstall|show)\s+$", line[:m.start()]):
+                        continue
+                    found.append((_rel(page), m.group(1).strip()))
+    return found
+
+
+def _tokens(arguments: str) -> list[str]:
+    try:
+        tokens = shlex.split(arguments)
+    except ValueError:
+        tokens = arguments.split()
+    return [t.strip("[]") for t in tokens]
+
+
+def test_the_docs_show_commands_at_all():
+    shown = {arguments.split()[0] for _, arguments in _commands()}
+    assert {"db", "migrate", "import-registry", "history", "webhooks", "cache", "embedded"} <= shown
+
+
+@pytest.mark.parametrize("page, arguments", _commands(), ids=lambda v: v if "/" not in v and "." not in v else None)
+def test_every_command_shown_matches_its_help(page, arguments):
+    helps = _cli_help()
+    tokens = _tokens(arguments)
+    path: list[str] = []
+    for token in tokens:
+        if token.startswith("-") or " ".join([*path, token]) not in helps:
+            break
+        path.append(token)
+    assert path or tokens[0].startswith("-"), \
+        f"{page}: `mlflow-pgmodels {arguments}`: {tokens[0]!r} is not a subcommand " \
+        f"(--help lists: {helps[''].split(chr(10))[0]})"
+    help_text = helps[" ".join(path)]
+    rest = tokens[len(path):]
+    options = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", help_text))
+    for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", " ".join(rest)):
+        assert flag in options, f"{page}: `mlflow-pgmodels {arguments}`: {flag} is not an option of " \
+                                f"`mlflow-pgmodels {' '.join(path)}` ({sorted(options)})"
+    # a fixed choice right after the subcommand (`db init`, `cache ls`) must be one of its choices
+    choices = [set(group.split(",")) for group in re.findall(r"\{([^}]+)\}", help_text.split("\n\n")[0])]
+    if choices and rest and not rest[0].startswith("-") and re.fullmatch(r"[a-z][a-z-]*", rest[0]):
+        assert rest[0] in set().union(*choices), \
+            f"{page}: `mlflow-pgmodels {arguments}`: {rest[0]!r} is not one of {sorted(set().union(*choices))}"
+
+
+def test_the_cli_module_runs_as_documented():
+    done = subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage:")
+    assert set(_cli_help()) >= {"", "db", "migrate", "webhooks", "webhooks run"}
+
+
+# ------------------------------------------------------------------------- code blocks
+def _code(languages: tuple[str, ...]) -> list[tuple[str, int, str]]:
+    return [(_rel(page), i, text) for page in PAGES
+            for i, (language, text) in enumerate(_blocks(page)) if language in languages]
+
+
+@pytest.mark.parametrize("page, index, source", _code(("python", "py")),
+                         ids=lambda v: str(v) if isinstance(v, (int, str)) and "\n" not in str(v) else None)
+def test_python_blocks_compile(page, index, source):
+    compile(source, f"{page} python block {index}", "exec")
+    # Python expands no shell variables: a password must not look as if it would be filled in
+    assert "${" not in source, f"{page} python block {index}: ${{...}} is not expanded in a Python string"
+
+
+def test_shell_blocks_parse():
+    blocks = _code(("bash", "sh", "shell"))
+    assert blocks
+    for page, index, source in blocks:
+        done = subprocess.run(["bash", "-n"], input=source, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{page} bash block {index}: {done.stderr}"
+
+
+def test_the_first_commands_are_the_quickstart_and_the_ci_test_command():
+    ci_test = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")][-1]
+    first = _blocks(README)[0][1]
+    assert "python examples/quickstart.py" in first
+    assert ci_test in first, f"README's first block does not show .ci/run's test command {ci_test!r}"
+
+
+# ---------------------------------------------------------------------------- settings
+def _read_by_the_code() -> set[str]:
+    return {name for path in (ROOT / "mlflow_pgmodels").rglob("*.py") for name in SETTING.findall(path.read_text())}
+
+
+def test_the_settings_table_lists_what_the_code_reads():
+    text = README.read_text()
+    section = text[text.index("\n## Settings"):]
+    section = section[:section.find("\n## ", 1) if "\n## " in section[1:] else None]
+    table = {SETTING.search(row).group(0) for row in section.splitlines()
+             if row.startswith("| `MLFLOW_PGMODELS_") and SETTING.search(row)}
+    code = _read_by_the_code()
+    assert table == code, f"in the table, not read by the code: {sorted(table - code)}; " \
+                          f"read by the code, not in the table: {sorted(code - table)}"
+
+
+def test_every_setting_the_docs_name_exists():
+    code = _read_by_the_code()
+    for page in PAGES:
+        unknown = set(SETTING.findall(page.read_text())) - code
+        assert not unknown, f"{_rel(page)} names settings the code does not read: {sorted(unknown)}"
+
+
+def test_the_versions_the_docs_state_are_pyproject_s():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    mlflow_floor = re.search(r'"mlflow>=([\d.]+)', pyproject).group(1)
+    python_floor = re.search(r'requires-python\s*=\s*">=([\d.]+)"', pyproject).group(1)
+    for page in (README, ROOT / "docs" / "production.md"):
+        text = page.read_text()
+        assert f"MLflow ≥ {mlflow_floor}" in text or f"≥ {mlflow_floor}, < " in text, \
+            f"{_rel(page)} does not state pyproject.toml's MLflow floor {mlflow_floor}"
+        assert f"Python ≥ {python_floor}" in text or f"| Python | ≥ {python_floor}" in text, \
+            f"{_rel(page)} does not state pyproject.toml's Python floor {python_floor}"
