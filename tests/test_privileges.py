@@ -8,6 +8,7 @@ reader, the writer and a login role with no grants at all, as a forger would cal
 from __future__ import annotations
 
 import itertools
+
 import psycopg
 import pytest
 from psycopg import errors
@@ -136,9 +137,11 @@ def _upgrade_from_version_4(db) -> None:
     every table), then upgraded by the package, without re-running sql/roles.sql."""
     db.login_role("pgmodels_reader")  # the groups exist
     db.sql("ALTER FUNCTION pgm_history_record(text, integer, text, jsonb, jsonb) SECURITY DEFINER")
-    db.sql("ALTER FUNCTION pgm_history_version_tags(text, integer[]) SECURITY DEFINER")
     db.sql("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC")
     db.sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO pgmodels_reader")
+    # and default privileges that give every new function to the writer: the upgrade creates one anew
+    db.sql("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO pgmodels_writer")
+    db.sql("DROP FUNCTION pgm_history_version_tags(text, integer[])")
     db.sql("UPDATE pgm_schema_info SET schema_version = 4")
     with psycopg.connect(db.server.socket_uri(db.name, scheme="postgresql"), autocommit=True) as conn:
         assert upgrade(conn) == 4
