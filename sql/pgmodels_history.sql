@@ -225,18 +225,26 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- Writers need no right on pgm_history: the trigger functions run as the table's owner. Their
--- search_path is pinned so that no one else's objects can stand in for the ones used here.
+-- Writers need no right on pgm_history: the trigger functions run as the table's owner
+-- (SECURITY DEFINER; PostgreSQL calls a trigger function only from its trigger). The recording
+-- functions they call run as their caller, the owner inside a trigger, and no one else may
+-- call them (sql/pgmodels_privileges.sql): a row of history is only ever written by the change
+-- it records. Every search_path is pinned so that no one else's objects can stand in for the
+-- ones used here.
 DO $$
 DECLARE
     f TEXT;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
-                             'pgm_history_version_tags(text,integer[])', 'pgm_history_models()',
-                             'pgm_history_registered_models()', 'pgm_history_tags()',
+    FOREACH f IN ARRAY ARRAY['pgm_history_models()', 'pgm_history_registered_models()', 'pgm_history_tags()',
                              'pgm_history_aliases()'] LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
                        f, current_schema());
+    END LOOP;
+    FOREACH f IN ARRAY ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
+                             'pgm_history_version_tags(text,integer[])'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY INVOKER SET search_path = pg_catalog, %I, pg_temp',
+                       f, current_schema());
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
 

@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,6 +115,63 @@ def test_embedded_status_and_stop(data_home, capsys):
     assert not server.running()
 
     # the exit code as a shell sees it, like pg_ctl status
-    status = subprocess.run(["mlflow-pgmodels", "embedded", "status"], capture_output=True, text=True, timeout=120)
+    status = subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", "embedded", "status"],
+                            capture_output=True, text=True, timeout=120)
     assert status.returncode == 3, status.stderr
     assert status.stdout.splitlines()[0] == "not running"
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.fixture
+def private_home(monkeypatch):
+    """A drwx------ HOME (no XDG_DATA_HOME), with root's quickstart data in a temporary stand-in for /var/lib."""
+    base = Path(tempfile.mkdtemp(prefix="home-", dir="/tmp"))
+    home, var_lib = base / "home", base / "var-lib"
+    home.mkdir(mode=0o700)
+    home.chmod(0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(embedded, "ROOT_DATA_HOME", var_lib, raising=False)
+    monkeypatch.setenv("MLFLOW_PGMODELS_EMBEDDED_PORT", str(free_port()))
+    yield home
+    embedded.quickstart_server().stop("immediate")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as a user of its own only when started as root")
+def test_started_as_root_the_quickstart_server_leaves_a_private_home_private(private_home):
+    server = embedded.default_server()
+
+    assert _mode(private_home) == 0o700
+    assert not server.data_dir.is_relative_to(private_home)
+    assert "up" in server.psql("SELECT 'up'", "postgres")
+    listed = subprocess.run(["ls", str(private_home)], user="embedded_postgres", capture_output=True, text=True)
+    assert listed.returncode != 0 and "Permission denied" in listed.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as a user of its own only when started as root")
+def test_started_as_root_in_a_private_directory_the_server_gets_traversal_only():
+    private = Path(tempfile.mkdtemp(prefix="priv-", dir="/tmp"))
+    private.chmod(0o700)
+    server = EmbeddedPostgres(private / "pg", durable=False)
+    try:
+        server.start()
+        assert _mode(private) == 0o701  # passable, not listable
+        assert "up" in server.psql("SELECT 'up'", "postgres")
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_commands_say_only_what_they_mean_without_xdg_runtime_dir(data_home):
+    """As root, on a server or in CI XDG_RUNTIME_DIR is unset: no warning of platformdirs' on stderr."""
+    _quickstart(data_home)
+    env = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
+    for args in (["--help"], ["embedded", "status"]):
+        done = subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (0, ""), args
+    assert "running" in done.stdout

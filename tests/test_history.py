@@ -254,3 +254,46 @@ def test_recording_a_change_of_a_version_reads_none_of_its_bytes(db):
     assert [r[0] for r in db.sql("SELECT action FROM pgm_history WHERE name = 'big' AND version = 1 ORDER BY id")] == [
         "model_version_created", "model_version_stage_changed", "model_version_description_changed",
         "model_version_tag_set", "model_version_deleted"]
+
+
+def _rest_as(server_url: str, user: str, password: str, name: str) -> int:
+    """Create a registered model through `mlflow server`'s REST API with a Basic header; the HTTP status."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server_url}/api/2.0/mlflow/registered-models/create", method="POST",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _recorded_users(db) -> list[tuple]:
+    return db.sql("SELECT name, db_user, mlflow_user FROM pgm_history ORDER BY id")
+
+
+@pytest.mark.slow
+def test_a_forged_basic_header_is_not_recorded_as_the_mlflow_user(db, tmp_path):
+    from tests.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "server", db.uri) as server:  # no authentication app
+        assert _rest_as(server.url, "admin", "anything", "churn") == 200
+    # the change is recorded, under the database role only: nobody checked that header
+    assert _recorded_users(db) == [("churn", "postgres", None)]
+
+
+@pytest.mark.slow
+def test_the_user_mlflows_auth_app_authenticated_is_recorded(db, tmp_path):
+    from tests.mlflow_server import mlflow_server
+
+    env = {"MLFLOW_AUTH_ADMIN_PASSWORD": "admin-s3cret-pw", "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests"}
+    with mlflow_server(tmp_path / "server", db.uri, env=env, app_name="basic-auth") as server:
+        assert _rest_as(server.url, "admin", "wrong", "fraud") == 401
+        assert _rest_as(server.url, "admin", "admin-s3cret-pw", "churn") == 200
+    assert _recorded_users(db) == [("churn", "postgres", "admin")]

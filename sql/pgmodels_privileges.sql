@@ -1,0 +1,47 @@
+-- Who may call the store's functions, and what no reader may see. Idempotent; run after the
+-- other pgmodels_*.sql files (sql/create-tables.sql and the package do).
+--   psql -d your_database -f sql/pgmodels_privileges.sql
+--
+-- The pgm_* functions serve the store's triggers and one another: only their owner calls them.
+-- Those that write history run as the owner only inside a trigger, so a history row (and the
+-- webhook it fans out to) is only ever written by the change it records. PostgreSQL grants
+-- EXECUTE on a new function to PUBLIC, and ALTER DEFAULT PRIVILEGES may grant it to others:
+-- both are revoked here, from every role but the owner. pgm_model_history(name) stays open to
+-- all: it runs with the caller's rights (reading it needs SELECT on pgm_history).
+DO $$
+DECLARE
+    f REGPROCEDURE;
+    grantee TEXT;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'pgm\_%'
+               AND p.proname <> 'pgm_model_history' LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        FOR grantee IN SELECT DISTINCT a.grantee::regrole::text
+                       FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a
+                       WHERE p.oid = f AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', f, grantee);
+        END LOOP;
+    END LOOP;
+END $$;
+
+-- Webhook URLs (often credentials themselves), their encrypted secrets and the deliveries are
+-- for the owner and writers (mlflow server, the dispatcher) only. Versions before 5 let
+-- sql/roles.sql grant pgmodels_reader every table: an upgrade takes these back at once; re-run
+-- sql/roles.sql to narrow the reader to what it needs (docs/roles.md).
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOR t IN SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+               AND c.relname IN ('pgm_webhooks', 'pgm_webhook_events', 'pgm_webhook_deliveries',
+                                 'webhooks', 'webhook_events', 'secrets') LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgmodels_reader') THEN
+            EXECUTE format('REVOKE ALL ON %s FROM pgmodels_reader', t);
+        END IF;
+    END LOOP;
+END $$;
+
+UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);
