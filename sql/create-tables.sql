@@ -6,6 +6,7 @@
 \ir pgmodels_history.sql
 \ir pgmodels_webhooks.sql
 \ir pgmodels_artifacts.sql
+\ir pgmodels_governance.sql
 
 -- The examples (examples/): their training data, what each training run scored, and the
 -- predictions, every result row naming the model version it came from.

@@ -1,0 +1,241 @@
+"""Governance the database enforces (sql/pgmodels_governance.sql, docs/governance.md).
+
+Real login roles over TCP, one per part a person plays: writers (training jobs, data scientists),
+a release manager, the owner, and a role with no rights at all. Every refusal is checked for its
+code (PERMISSION_DENIED), for a message naming the rule and the role, and for nothing having
+changed; the same rules hold through MlflowClient, the helper API, plain SQL and `mlflow server`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import mlflow
+import psycopg
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlflow_pgmodels import cli, governance, helpers
+from mlflow_pgmodels.registry_store import PgModelsRegistryStore
+from tests import sample
+
+RM = "pgmodels_release_manager"
+
+
+@dataclass
+class Login:
+    user: str
+    uri: str  # pgmodels://
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        """One statement as this user, outside MLflow (a psql session, say)."""
+        with psycopg.connect(self.uri.replace("pgmodels://", "postgresql://", 1), autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def logins(db):
+    """login(group) -> a new login role in ``group`` (None: a role with no rights at all)."""
+    def login(group: str | None) -> Login:
+        if group is None:
+            user, password = f"nobody_{db.name}", "pw-nobody-s3cret"
+            db.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        else:
+            user, password = db.login_role(group)
+        return Login(user, db.tcp_uri(user, password))
+    return login
+
+
+def _refused(call, *words: str) -> MlflowException:
+    with pytest.raises(MlflowException) as e:
+        call()
+    assert e.value.error_code == "PERMISSION_DENIED", e.value.message
+    for word in words:
+        assert word in e.value.message, e.value.message
+    return e.value
+
+
+def _registry(db) -> list:
+    """What governance guards: versions and their stages, aliases, tags, registered models."""
+    return [db.sql(q) for q in (
+        "SELECT name, version, is_active, stage FROM models ORDER BY name, version",
+        "SELECT * FROM pgm_aliases ORDER BY name, alias",
+        "SELECT * FROM pgm_model_version_tags ORDER BY name, version, key",
+        "SELECT name, description FROM pgm_registered_models ORDER BY name",
+        "SELECT * FROM pgm_registered_model_tags ORDER BY name, key",
+    )]
+
+
+def _versions(client: MlflowClient, name: str, count: int, tmp_path) -> None:
+    client.create_registered_model(name)
+    for i in range(count):
+        client.create_model_version(name, sample.saved(tmp_path / f"{name}-{i}"))
+
+
+def _stage(client: MlflowClient, name: str, version: int) -> str:
+    return client.get_model_version(name, str(version)).current_stage
+
+
+# ---------------------------------------------------------------------------------- protected aliases
+def test_protected_alias_only_the_release_manager_moves_it(db, logins, tmp_path):
+    owner, writer, manager, nobody = logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM), logins(None)
+    _versions(writer.client, "churn", 3, tmp_path)
+    writer.client.set_registered_model_alias("churn", "champion", "1")
+    governance.protect(owner.uri, "churn", RM, alias="champion")
+    before = _registry(db)
+
+    w = writer.client
+    for what, call in {
+        "move": lambda: w.set_registered_model_alias("churn", "champion", "2"),
+        "remove": lambda: w.delete_registered_model_alias("churn", "champion"),
+        "delete the version it points at": lambda: w.delete_model_version("churn", "1"),
+        "delete the model": lambda: w.delete_registered_model("churn"),
+        "rename the model": lambda: w.rename_registered_model("churn", "attrition"),
+    }.items():
+        e = _refused(call, "champion", "churn", RM, writer.user)
+        assert "protect 'churn' --alias champion --role pgmodels_release_manager" in e.message, what
+    # a role with no rights: refused by the grants already (what MLflow builds for registry_uri=nobody.uri)
+    _refused(lambda: PgModelsRegistryStore(nobody.uri).set_registered_model_alias("churn", "champion", "2"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="protected"):
+        writer.sql("UPDATE pgm_aliases SET version = 2 WHERE name = 'churn' AND alias = 'champion'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="protected"):
+        writer.sql("DELETE FROM pgm_aliases WHERE alias = 'champion'")
+    assert _registry(db) == before
+
+    # what the rule does not name stays open to writers
+    w.set_registered_model_alias("churn", "canary", "3")
+    w.set_registered_model_alias("churn", "canary", "2")
+    # and the release manager moves the champion; predict jobs load what it points at
+    manager.client.set_registered_model_alias("churn", "champion", "3")
+    assert int(w.get_model_version_by_alias("churn", "champion").version) == 3
+    assert db.sql("SELECT action, new ->> 'version', db_user FROM pgm_history WHERE action = 'alias_set' "
+                  "AND new ->> 'alias' = 'champion' ORDER BY id DESC LIMIT 1") == [("alias_set", "3", manager.user)]
+
+
+def test_a_rule_for_every_model_and_unprotect(db, logins, tmp_path):
+    owner, writer = logins("pgmodels_owner"), logins("pgmodels_writer")
+    _versions(writer.client, "churn", 2, tmp_path)
+    _versions(writer.client, "fraud", 1, tmp_path)
+    governance.protect(owner.uri, "*", RM, alias="champion")
+    _refused(lambda: writer.client.set_registered_model_alias("fraud", "champion", "1"), "'*'")
+    _refused(lambda: writer.client.set_registered_model_alias("churn", "champion", "1"), "'*'")
+
+    assert governance.unprotect(owner.uri, "*", alias="champion") is True
+    writer.client.set_registered_model_alias("fraud", "champion", "1")
+    assert governance.unprotect(owner.uri, "*", alias="champion") is False
+
+
+# ---------------------------------------------------------------------------------- protected stages
+def test_protected_stage_in_and_out_through_client_helpers_and_sql(db, logins, tmp_path):
+    owner, writer, manager = logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM)
+    _versions(writer.client, "churn", 3, tmp_path)
+    governance.protect(owner.uri, "churn", RM, stage="production")  # any spelling MLflow accepts
+    manager.client.transition_model_version_stage("churn", "1", "Production")
+    before = _registry(db)
+
+    w = writer.client
+    _refused(lambda: w.transition_model_version_stage("churn", "2", "Production"), "stage", "Production", RM)
+    _refused(lambda: w.transition_model_version_stage("churn", "1", "Archived"), "out of stage Production")
+    _refused(lambda: w.transition_model_version_stage("churn", "1", "Staging"), "out of stage Production")
+    assert helpers.deactivate_model("churn", "default", "unspecified", 1, uri=writer.uri) is False
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Production"):
+        writer.sql("UPDATE models SET stage = 'Production' WHERE name = 'churn' AND version = 3")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Production"):
+        writer.sql("UPDATE models SET is_active = false WHERE name = 'churn'")
+    assert _registry(db) == before
+
+    # other stages stay open; the release manager promotes and archives the old one in one call
+    w.transition_model_version_stage("churn", "3", "Staging")
+    assert helpers.deactivate_model("churn", "default", "unspecified", 2, uri=writer.uri) is True
+    manager.client.transition_model_version_stage("churn", "3", "Production", archive_existing_versions=True)
+    assert [_stage(w, "churn", v) for v in (1, 2, 3)] == ["Archived", "Archived", "Production"]
+
+
+# ---------------------------------------------------------------------------------- latest
+def test_protected_latest_new_versions_arrive_archived_until_released(db, logins, tmp_path):
+    owner, writer, manager = logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM)
+    _versions(writer.client, "churn", 2, tmp_path)
+    governance.protect(owner.uri, "churn", RM, alias="latest")
+    w = writer.client
+
+    mv = w.create_model_version("churn", sample.saved(tmp_path / "v3"))
+    assert (int(mv.version), mv.current_stage) == (3, "Archived")  # latest did not move
+    assert int(w.get_model_version_by_alias("churn", "latest").version) == 2
+    assert helpers.get_latest_model_version("churn", "default", "unspecified", uri=writer.uri) == 2
+    before = _registry(db)
+    _refused(lambda: w.transition_model_version_stage("churn", "3", "None"), "latest", RM)
+    _refused(lambda: w.transition_model_version_stage("churn", "2", "Archived"), "latest")
+    _refused(lambda: w.delete_model_version("churn", "2"), "latest")
+    assert helpers.activate_model("churn", "default", "unspecified", 3, uri=writer.uri) is False
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="latest"):
+        writer.sql("UPDATE models SET is_active = true WHERE name = 'churn' AND version = 3")
+    assert _registry(db) == before
+    # changes that leave latest where it is stay open
+    w.transition_model_version_stage("churn", "1", "Archived")
+    w.update_model_version("churn", "3", "candidate")
+
+    manager.client.transition_model_version_stage("churn", "3", "Staging")
+    assert int(w.get_model_version_by_alias("churn", "latest").version) == 3
+    # the release manager's own registrations become latest at once
+    assert manager.client.create_model_version("churn", sample.saved(tmp_path / "v4")).current_stage == "None"
+    assert max(int(v.version) for v in w.get_latest_versions("churn")) == 4
+
+
+# ---------------------------------------------------------------------------------- the rules themselves
+def test_only_the_owner_changes_the_rules(db, logins):
+    owner, writer, manager, reader = (logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM),
+                                      logins("pgmodels_reader"))
+    for login in (writer, manager, reader):
+        _refused(lambda: governance.protect(login.uri, "*", login.user, alias="champion"))
+        _refused(lambda: governance.set_four_eyes(login.uri, "*", True))
+        _refused(lambda: governance.grant_write_rights(login.uri, login.user, "x-*"))
+    # not even with every right on the table (sql/roles.sql grants writers all tables)
+    db.sql(f"GRANT ALL ON pgm_protections, pgm_write_rights, pgm_four_eyes, pgm_approvals TO {writer.user}")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only the owner"):
+        writer.sql(f"INSERT INTO pgm_protections (name_pattern, kind, value, role) VALUES ('*', 'stage', 'Production', '{writer.user}')")
+    assert db.sql("SELECT count(*) FROM pgm_protections") == [(0,)]
+
+    governance.protect(owner.uri, "*", RM, stage="Production")
+    assert [r.describe() for r in governance.protections(reader.uri)] == ["*\t--stage Production\t--role pgmodels_release_manager"]
+    # in SQL, as docs/governance.md shows it
+    owner.sql("INSERT INTO pgm_protections (name_pattern, kind, value, role) VALUES ('churn', 'alias', 'champion', %s)"
+              " ON CONFLICT (name_pattern, kind, value) DO UPDATE SET role = EXCLUDED.role", (RM,))
+    assert len(governance.protections(owner.uri)) == 2
+
+    with pytest.raises(MlflowException) as e:
+        governance.protect(owner.uri, "churn", "no_such_role", alias="champion")
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST" and "no_such_role" in e.value.message
+    for bad in ({"stage": "None"}, {"stage": "Prod"}, {}, {"alias": "a", "stage": "Staging"}):
+        with pytest.raises(MlflowException) as e:
+            governance.protect(owner.uri, "churn", RM, **bad)
+        assert e.value.error_code == "INVALID_PARAMETER_VALUE", bad
+
+
+def test_command_line(db, logins, capsys):
+    owner = logins("pgmodels_owner")
+    assert cli.main(["protect", "churn", "--alias", "champion", "--role", RM, "--uri", owner.uri]) == 0
+    assert cli.main(["protect", "*", "--stage", "Production", "--role", RM, "--uri", owner.uri]) == 0
+    capsys.readouterr()
+    assert cli.main(["protect", "--list", "--uri", owner.uri]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"*\t--stage Production\t--role {RM}",
+                                                    f"churn\t--alias champion\t--role {RM}"]
+    assert cli.main(["unprotect", "churn", "--alias", "champion", "--uri", owner.uri]) == 0
+    assert cli.main(["four-eyes", "churn", "on", "--uri", owner.uri]) == 0
+    assert cli.main(["write-rights", "pgmodels_writer", "--models", "team-a-*", "--uri", owner.uri]) == 0
+    capsys.readouterr()
+    assert cli.main(["four-eyes", "--uri", owner.uri]) == 0
+    assert cli.main(["write-rights", "--list", "--uri", owner.uri]) == 0
+    assert capsys.readouterr().out.splitlines() == ["churn", "pgmodels_writer\tteam-a-*"]
+    assert db.sql("SELECT name_pattern, kind, value FROM pgm_protections") == [("*", "stage", "Production")]
+
+    writer = logins("pgmodels_writer")
+    assert cli.main(["protect", "x", "--alias", "a", "--role", RM, "--uri", writer.uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot protect") and "only an owner of the store" in err and "pw-" not in err
