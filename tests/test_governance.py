@@ -15,6 +15,7 @@ import mlflow
 import psycopg
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities.webhook import WebhookAction, WebhookEntity, WebhookEvent
 from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import cli, governance, helpers
@@ -22,6 +23,7 @@ from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample
 
 RM = "pgmodels_release_manager"
+TAG_SET = WebhookEvent(WebhookEntity.MODEL_VERSION_TAG, WebhookAction.SET)
 
 
 @dataclass
@@ -239,3 +241,97 @@ def test_command_line(db, logins, capsys):
     assert cli.main(["protect", "x", "--alias", "a", "--role", RM, "--uri", writer.uri]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot protect") and "only an owner of the store" in err and "pw-" not in err
+
+
+# ---------------------------------------------------------------------------------- four eyes
+def test_four_eyes_a_second_user_approves_before_promotion(db, logins, tmp_path, capsys, monkeypatch):
+    owner, alice, bob, manager = (logins("pgmodels_owner"), logins("pgmodels_writer"), logins("pgmodels_writer"),
+                                  logins(RM))
+    _versions(alice.client, "churn", 2, tmp_path)
+    db.sql("UPDATE pgm_registered_models SET description = NULL")  # (the superuser may write anything)
+    monkeypatch.setenv("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+    MlflowClient(db.uri, db.uri).create_webhook("tags", "https://127.0.0.1:9/hook", events=[TAG_SET])
+    for stage_or_alias in ({"alias": "champion"}, {"stage": "Production"}):
+        governance.protect(owner.uri, "churn", RM, **stage_or_alias)
+    assert governance.set_four_eyes(owner.uri, "churn", True) is True
+    before = _registry(db)
+
+    m = manager.client
+    _refused(lambda: m.set_registered_model_alias("churn", "champion", "1"), "four-eyes", "approve 'churn' 1")
+    _refused(lambda: m.transition_model_version_stage("churn", "1", "Production"), "four-eyes")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="four-eyes"):
+        manager.sql("INSERT INTO pgm_aliases (name, alias, version) VALUES ('churn', 'champion', 2)")
+    # no approving one's own version, no forging an approval, no passing for someone else
+    _refused(lambda: governance.approve(alice.uri, "churn", 1), "approving your own version is refused", alice.user)
+    _refused(lambda: alice.client.set_model_version_tag("churn", "1", "pgmodels.approved_by", bob.user),
+             "approvals only")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        alice.sql("INSERT INTO pgm_approvals (name, version, approved_by) VALUES ('churn', 1, %s)", (bob.user,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="registered_by"):
+        alice.sql("UPDATE models SET registered_by = %s WHERE name = 'churn'", (bob.user,))
+    assert _registry(db) == before
+
+    assert governance.approve(bob.uri, "churn", 1) == [bob.user]
+    assert alice.client.get_model_version("churn", "1").tags["pgmodels.approved_by"] == bob.user
+    m.set_registered_model_alias("churn", "champion", "1")
+    m.transition_model_version_stage("churn", "1", "Production")
+    _refused(lambda: m.set_registered_model_alias("churn", "champion", "2"), "version 2 is not approved")
+    # approving is not the promotion: a writer still may not move the champion
+    assert cli.main(["approve", "churn", "2", "--uri", bob.uri]) == 0
+    _refused(lambda: alice.client.set_registered_model_alias("churn", "champion", "2"), RM)
+    m.set_registered_model_alias("churn", "champion", "2")
+
+    # the approval in the history and to webhooks (a version tag: MLflow's model_version_tag.set)
+    capsys.readouterr()
+    assert cli.main(["history", "churn", "--version", "1", "--json", "--uri", db.uri]) == 0
+    changes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    approval = next(c for c in changes if c["action"] == "model_version_tag_set")
+    assert approval["new"] == {"key": "pgmodels.approved_by", "value": bob.user} and approval["db_user"] == bob.user
+    assert db.sql("SELECT d.event, h.version FROM pgm_webhook_deliveries d JOIN pgm_history h ON h.id = d.history_id"
+                  " ORDER BY d.id") == [("model_version_tag.set", 1), ("model_version_tag.set", 2)]
+
+    # off: the roles still hold, approvals are not needed any more
+    assert governance.set_four_eyes(owner.uri, "churn", False) is True
+    mv = manager.client.create_model_version("churn", sample.saved(tmp_path / "v3"))
+    m.set_registered_model_alias("churn", "champion", mv.version)
+
+
+# ---------------------------------------------------------------------------------- write rights
+def test_write_rights_limit_a_team_to_its_models(db, logins, tmp_path):
+    owner, other = logins("pgmodels_owner"), logins("pgmodels_writer")
+    team = f"team_a_{db.name}"
+    db.sql(f"CREATE ROLE {team} NOLOGIN")
+    db.sql(f"CREATE ROLE alice_{db.name} LOGIN PASSWORD 'pw-alice-s3cret' IN ROLE pgmodels_writer, {team}")
+    alice = Login(f"alice_{db.name}", db.tcp_uri(f"alice_{db.name}", "pw-alice-s3cret"))
+    _versions(other.client, "team-b-fraud", 1, tmp_path)
+    governance.grant_write_rights(owner.uri, team, "team-a-*")
+    assert governance.write_rights(alice.uri) == [(team, "team-a-*")]
+
+    a = alice.client
+    _versions(a, "team-a-churn", 1, tmp_path)
+    a.set_registered_model_alias("team-a-churn", "champion", "1")
+    a.set_registered_model_tag("team-a-churn", "team", "a")
+    before = _registry(db)
+    for what, call in {
+        "create": lambda: a.create_registered_model("team-b-new"),
+        "register": lambda: a.create_model_version("team-b-fraud", sample.saved(tmp_path / "x")),
+        "tag": lambda: a.set_registered_model_tag("team-b-fraud", "owner", "alice"),
+        "tag a version": lambda: a.set_model_version_tag("team-b-fraud", "1", "k", "v"),
+        "stage": lambda: a.transition_model_version_stage("team-b-fraud", "1", "Staging"),
+        "alias": lambda: a.set_registered_model_alias("team-b-fraud", "champion", "1"),
+        "describe": lambda: a.update_registered_model("team-b-fraud", "mine now"),
+        "rename into": lambda: a.rename_registered_model("team-a-churn", "team-b-churn"),
+        "delete": lambda: a.delete_registered_model("team-b-fraud"),
+    }.items():
+        _refused(call, "team-a-* (role team_a_", "team-b-")
+    assert helpers.save_model_to_db(sample.regressor(1.0), "team-b-fraud", "default", "unspecified",
+                                    uri=alice.uri) == (False, None)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may write only the models"):
+        alice.sql("UPDATE models SET description = 'x' WHERE name = 'team-b-fraud'")
+    assert _registry(db) == before
+    # reading stays as it is; writers in no listed role are not limited
+    assert a.get_model_version("team-b-fraud", "1").current_stage == "None"
+    other.client.set_registered_model_tag("team-b-fraud", "team", "b")
+
+    assert governance.revoke_write_rights(owner.uri, team) == 1
+    a.set_registered_model_tag("team-b-fraud", "seen-by", "alice")
