@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_pgmodels import cli, governance, helpers
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample
+from tests.mlflow_server import mlflow_server
 
 RM = "pgmodels_release_manager"
 TAG_SET = WebhookEvent(WebhookEntity.MODEL_VERSION_TAG, WebhookAction.SET)
@@ -335,3 +336,31 @@ def test_write_rights_limit_a_team_to_its_models(db, logins, tmp_path):
 
     assert governance.revoke_write_rights(owner.uri, team) == 1
     a.set_registered_model_tag("team-b-fraud", "seen-by", "alice")
+
+
+# ---------------------------------------------------------------------------------- mlflow server
+@pytest.mark.slow
+def test_through_mlflow_server_and_rule_changes_need_no_restart(db, logins, tmp_path):
+    owner, writer = logins("pgmodels_owner"), logins("pgmodels_writer")
+    _versions(writer.client, "churn", 2, tmp_path)
+    writer.client.set_registered_model_alias("churn", "champion", "1")
+    governance.protect(owner.uri, "churn", RM, alias="champion")
+    governance.protect(owner.uri, "*", RM, stage="Production")
+    before = _registry(db)
+
+    with mlflow_server(tmp_path / "server", writer.uri) as server:  # the server logs in as a writer
+        remote = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+        _refused(lambda: remote.set_registered_model_alias("churn", "champion", "2"), "champion", RM)
+        _refused(lambda: remote.transition_model_version_stage("churn", "2", "Production"), "Production", RM)
+        _refused(lambda: remote.delete_registered_model_alias("churn", "champion"), "champion")
+        assert _registry(db) == before
+        remote.set_registered_model_alias("churn", "canary", "2")  # not protected
+
+        # the rules are read at each write: a change holds for the running server at once
+        governance.unprotect(owner.uri, "churn", alias="champion")
+        remote.set_registered_model_alias("churn", "champion", "2")
+        governance.protect(owner.uri, "churn", RM, alias="champion")
+        _refused(lambda: remote.set_registered_model_alias("churn", "champion", "1"), "champion")
+        assert int(remote.get_model_version_by_alias("churn", "champion").version) == 2
+    # refusals are answers (403), not server errors
+    assert not [line for line in server.failures() if "Traceback" in line]
