@@ -54,13 +54,17 @@ def _wait_healthy(server: MlflowServer, timeout: float) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, backend_uri: str, registry_uri: str | None = None, workers: int = 1,
-                  env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
-    """``mlflow server`` on ``127.0.0.1:<free port>`` in ``workdir``; stopped (SIGTERM) on exit."""
+                  env: dict[str, str] | None = None, app_name: str | None = None) -> Iterator[MlflowServer]:
+    """``mlflow server`` on ``127.0.0.1:<free port>`` in ``workdir``; stopped (SIGTERM) on exit.
+
+    ``app_name``: ``--app-name`` (e.g. ``basic-auth``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if registry_uri:
         cmd += ["--registry-store-uri", registry_uri]
+    if app_name:
+        cmd += ["--app-name", app_name]
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     server_env.update({
         "MLFLOW_PGMODELS_CACHE_DIR": str(workdir / "server-cache"),

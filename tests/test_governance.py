@@ -364,3 +364,42 @@ def test_through_mlflow_server_and_rule_changes_need_no_restart(db, logins, tmp_
         assert int(remote.get_model_version_by_alias("churn", "champion").version) == 2
     # refusals are answers (403), not server errors
     assert not [line for line in server.failures() if "Traceback" in line]
+
+
+@pytest.mark.slow
+def test_with_the_basic_auth_app_both_layers_hold(db, logins, tmp_path, monkeypatch):
+    """The auth app decides per MLflow user (its registered-model permissions); the database's rules
+    hold for the server's database role whatever the app allows, its admin included."""
+    owner, writer = logins("pgmodels_owner"), logins("pgmodels_writer")
+    _versions(writer.client, "churn", 2, tmp_path)
+    _versions(writer.client, "fraud", 1, tmp_path)
+    governance.protect(owner.uri, "*", RM, alias="champion")
+    admin_password = "admin-pw-s3cret-long-enough"
+
+    def as_user(user: str, password: str) -> MlflowClient:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+    with mlflow_server(tmp_path / "server", writer.uri, app_name="basic-auth",
+                       env={"MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf-key"}) as server:
+        from mlflow.server.auth.client import AuthServiceClient
+
+        as_user("admin", admin_password)
+        auth = AuthServiceClient(server.url)
+        auth.create_user("carol", "carol-pw-s3cret-long")
+        auth.grant_user_permission("carol", "registered_model", "churn", "EDIT")
+        before = _registry(db)
+
+        carol = as_user("carol", "carol-pw-s3cret-long")
+        _refused(lambda: carol.set_registered_model_alias("fraud", "canary", "1"))  # the app: READ only
+        _refused(lambda: carol.set_registered_model_alias("churn", "champion", "2"), "champion", RM)  # the database
+        admin = as_user("admin", admin_password)
+        _refused(lambda: admin.set_registered_model_alias("churn", "champion", "2"), "champion", RM)
+        assert _registry(db) == before
+
+        carol = as_user("carol", "carol-pw-s3cret-long")
+        carol.set_registered_model_alias("churn", "canary", "2")
+    assert db.sql("SELECT mlflow_user, db_user FROM pgm_history WHERE action = 'alias_set'"
+                  " AND new ->> 'alias' = 'canary'") == [("carol", writer.user)]
