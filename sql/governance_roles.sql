@@ -34,7 +34,6 @@ GRANT SELECT ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals 
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals
     FROM pgmodels_reader, pgmodels_writer, pgmodels_release_manager;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgm_protections, pgm_four_eyes, pgm_write_rights TO pgmodels_owner;
-GRANT DELETE ON pgm_approvals TO pgmodels_owner;  -- withdraw an approval
 
 -- Approving is pgm_approve(name, version) (SECURITY DEFINER: it writes pgm_approvals as the owner).
 GRANT EXECUTE ON FUNCTION pgm_approve(text, integer) TO pgmodels_writer;

@@ -376,8 +376,15 @@ END $$;
 REVOKE ALL ON FUNCTION pgm_governance_models(), pgm_governance_aliases(), pgm_governance_names(),
     pgm_governance_owner_only(), pgm_approve(text, integer) FROM PUBLIC;
 
+-- Inserts of a registration in progress (version <= 0: the store's upload, up to 1 GB in the row)
+-- do not call the function: a PL/pgSQL trigger copies the row it returns. They are checked when
+-- the row is numbered (an UPDATE, whose row holds the bytes by reference only).
 DROP TRIGGER IF EXISTS pgm_governance ON models;
-CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON models
+DROP TRIGGER IF EXISTS pgm_governance_insert ON models;
+CREATE TRIGGER pgm_governance_insert BEFORE INSERT ON models
+    FOR EACH ROW WHEN (NEW.version > 0 OR NEW.registered_by IS DISTINCT FROM session_user)
+    EXECUTE FUNCTION pgm_governance_models();
+CREATE TRIGGER pgm_governance BEFORE UPDATE OR DELETE ON models
     FOR EACH ROW EXECUTE FUNCTION pgm_governance_models();
 DROP TRIGGER IF EXISTS pgm_governance ON pgm_aliases;
 CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON pgm_aliases
