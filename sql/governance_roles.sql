@@ -29,11 +29,18 @@ GRANT pgmodels_writer TO pgmodels_release_manager;
 GRANT pgmodels_release_manager TO pgmodels_owner;
 
 -- The rules: everyone may read them; only owners write them (a trigger also refuses anyone else,
--- whatever rights a later GRANT ON ALL TABLES gives).
-GRANT SELECT ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals TO pgmodels_reader, pgmodels_writer;
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals
-    FROM pgmodels_reader, pgmodels_writer, pgmodels_release_manager;
-GRANT SELECT, INSERT, UPDATE, DELETE ON pgm_protections, pgm_four_eyes, pgm_write_rights TO pgmodels_owner;
-
--- Approving is pgm_approve(name, version) (SECURITY DEFINER: it writes pgm_approvals as the owner).
-GRANT EXECUTE ON FUNCTION pgm_approve(text, integer) TO pgmodels_writer;
+-- whatever rights a later GRANT ON ALL TABLES gives). Approving is pgm_approve(name, version)
+-- (SECURITY DEFINER: it writes pgm_approvals as the owner). Skipped before the schema exists
+-- (run this again after mlflow-pgmodels db init).
+DO $$
+BEGIN
+    IF to_regclass('pgm_protections') IS NULL THEN
+        RAISE NOTICE 'no pgmodels governance tables here yet: rights on them not granted';
+        RETURN;
+    END IF;
+    GRANT SELECT ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals TO pgmodels_reader, pgmodels_writer;
+    REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals
+        FROM pgmodels_reader, pgmodels_writer, pgmodels_release_manager;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON pgm_protections, pgm_four_eyes, pgm_write_rights TO pgmodels_owner;
+    GRANT EXECUTE ON FUNCTION pgm_approve(text, integer) TO pgmodels_writer;
+END $$;
