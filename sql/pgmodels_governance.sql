@@ -66,40 +66,37 @@ CREATE OR REPLACE FUNCTION pgm_name_matches(p_name TEXT, p_pattern TEXT) RETURNS
     SELECT p_name LIKE replace(replace(replace(replace(p_pattern, '\', '\\'), '%', '\%'), '_', '\_'), '*', '%')
 $$ LANGUAGE sql IMMUTABLE;
 
--- Whether the session's user owns the store: a superuser, a member of the owner of models, or of
--- pgmodels_owner. Owners pass every rule (they can change the rules anyway).
+-- Whether the session's user owns the store: a member of the owner of models (superusers are
+-- members of every role) or of pgmodels_owner. Owners pass every rule but four-eyes.
 CREATE OR REPLACE FUNCTION pgm_session_is_owner() RETURNS BOOLEAN AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = session_user AND r.rolsuper)
-        OR pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = 'models'::regclass), 'MEMBER')
-        OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'pgmodels_owner'
-                   AND pg_has_role(session_user, r.oid, 'MEMBER'))
+    SELECT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = 'models'::regclass), 'MEMBER')
+        OR coalesce(pg_has_role(session_user, to_regrole('pgmodels_owner'), 'MEMBER'), false)
 $$ LANGUAGE sql STABLE;
 
 -- Whether the session's user is a member of p_role (false for a role that does not exist).
 CREATE OR REPLACE FUNCTION pgm_session_in_role(p_role TEXT) RETURNS BOOLEAN AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = p_role AND pg_has_role(session_user, r.oid, 'MEMBER'))
+    SELECT coalesce(pg_has_role(session_user, to_regrole(quote_ident(p_role)), 'MEMBER'), false)
 $$ LANGUAGE sql STABLE;
 
 -- Refuse a write of model p_name when the session's user may not write it (pgm_write_rights).
 CREATE OR REPLACE FUNCTION pgm_check_write(p_name TEXT, p_what TEXT) RETURNS void AS $$
 DECLARE
+    allowed BOOLEAN;
     limits TEXT;
 BEGIN
     IF p_name IS NULL OR NOT EXISTS (SELECT 1 FROM pgm_write_rights) THEN
         RETURN;
     END IF;
-    SELECT string_agg(format('%s (role %s)', w.name_pattern, w.role), ', ' ORDER BY w.name_pattern)
-      INTO limits FROM pgm_write_rights w WHERE pgm_session_in_role(w.role);
-    IF limits IS NULL OR pgm_session_is_owner() THEN
+    SELECT bool_or(pgm_name_matches(p_name, w.name_pattern)),
+           string_agg(format('%s (role %s)', w.name_pattern, w.role), ', ' ORDER BY w.name_pattern)
+      INTO allowed, limits FROM pgm_write_rights w WHERE pgm_session_in_role(w.role);
+    IF limits IS NULL OR allowed OR pgm_session_is_owner() THEN
         RETURN;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pgm_write_rights w
-                   WHERE pgm_session_in_role(w.role) AND pgm_name_matches(p_name, w.name_pattern)) THEN
-        RAISE EXCEPTION 'pgmodels governance: cannot %: database user % may write only the models % (pgm_write_rights), not ''%''',
-                        p_what, session_user, limits, p_name
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Ask the owner of the store for write rights (mlflow-pgmodels write-rights ROLE --models PATTERN).';
-    END IF;
+    RAISE EXCEPTION 'pgmodels governance: cannot %: database user % may write only the models % (pgm_write_rights), not ''%''',
+                    p_what, session_user, limits, p_name
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Ask the owner of the store for write rights (mlflow-pgmodels write-rights ROLE --models PATTERN).';
 END
 $$ LANGUAGE plpgsql STABLE;
 
@@ -358,17 +355,16 @@ BEGIN
 END
 $$ LANGUAGE plpgsql SECURITY DEFINER;
 
--- Pinned search_path everywhere (no one else's objects can stand in for ours); EXECUTE on the
--- trigger functions and on pgm_approve only for those granted it (sql/governance_roles.sql).
+-- Pinned search_path for the trigger functions and pgm_approve (no one else's objects can stand in
+-- for ours). The helpers above run inside them, under that path; a SET of their own would keep
+-- the SQL ones from being inlined and cost a path switch per call, several per written row.
+-- EXECUTE on the trigger functions and on pgm_approve only for those granted it
+-- (sql/governance_roles.sql).
 DO $$
 DECLARE
     f TEXT;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['pgm_name_matches(text,text)', 'pgm_session_is_owner()', 'pgm_session_in_role(text)',
-                             'pgm_check_write(text,text)', 'pgm_four_eyes_on(text)', 'pgm_is_approved(text,integer)',
-                             'pgm_is_protected(text,text,text)',
-                             'pgm_check_protected(text,text,text,integer,text)', 'pgm_latest_without(text,integer)',
-                             'pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
+    FOREACH f IN ARRAY ARRAY['pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
                              'pgm_governance_owner_only()', 'pgm_approve(text,integer)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema());
     END LOOP;
