@@ -385,19 +385,15 @@ CREATE TRIGGER pgm_governance BEFORE UPDATE OR DELETE ON models
 DROP TRIGGER IF EXISTS pgm_governance ON pgm_aliases;
 CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON pgm_aliases
     FOR EACH ROW EXECUTE FUNCTION pgm_governance_aliases();
-DROP TRIGGER IF EXISTS pgm_governance ON pgm_registered_models;
-CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON pgm_registered_models
-    FOR EACH ROW EXECUTE FUNCTION pgm_governance_names();
-DROP TRIGGER IF EXISTS pgm_governance ON pgm_registered_model_tags;
-CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON pgm_registered_model_tags
-    FOR EACH ROW EXECUTE FUNCTION pgm_governance_names();
-DROP TRIGGER IF EXISTS pgm_governance ON pgm_model_version_tags;
-CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON pgm_model_version_tags
-    FOR EACH ROW EXECUTE FUNCTION pgm_governance_names();
 DO $$
 DECLARE
     t TEXT;
 BEGIN
+    FOREACH t IN ARRAY ARRAY['pgm_registered_models', 'pgm_registered_model_tags', 'pgm_model_version_tags'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS pgm_governance ON %I', t);
+        EXECUTE format('CREATE TRIGGER pgm_governance BEFORE INSERT OR UPDATE OR DELETE ON %I '
+                       'FOR EACH ROW EXECUTE FUNCTION pgm_governance_names()', t);
+    END LOOP;
     FOREACH t IN ARRAY ARRAY['pgm_protections', 'pgm_four_eyes', 'pgm_write_rights', 'pgm_approvals'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS pgm_governance_owner_only ON %I', t);
         EXECUTE format('CREATE TRIGGER pgm_governance_owner_only BEFORE INSERT OR UPDATE OR DELETE ON %I '

@@ -191,6 +191,31 @@ def test_protected_latest_new_versions_arrive_archived_until_released(db, logins
     assert max(int(v.version) for v in w.get_latest_versions("churn")) == 4
 
 
+def test_protected_latest_holds_for_plain_sql_inserts_and_with_four_eyes(db, logins, tmp_path):
+    owner, writer, bob, manager = logins("pgmodels_owner"), logins("pgmodels_writer"), logins("pgmodels_writer"), logins(RM)
+    _versions(writer.client, "churn", 1, tmp_path)
+    governance.protect(owner.uri, "churn", RM, alias="latest")
+    governance.set_four_eyes(owner.uri, "churn", True)
+
+    # the seed's way of saving a version: a plain INSERT
+    insert = ("INSERT INTO models (name, version, model_type, event, model_binary{}) "
+              "VALUES ('churn', %s, 'regression', 'default', '\\x00'{})")
+    writer.sql(insert.format("", ""), (2,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="registered_by"):
+        writer.sql(insert.format(", registered_by", ", %s"), (3, bob.user))
+    assert db.sql("SELECT version, is_active, registered_by FROM models ORDER BY version") == [
+        (1, True, writer.user), (2, False, writer.user)]
+
+    # four-eyes: even the release manager's own version waits for an approval
+    mv = manager.client.create_model_version("churn", sample.saved(tmp_path / "v3"))
+    assert (int(mv.version), mv.current_stage) == (3, "Archived")
+    _refused(lambda: manager.client.transition_model_version_stage("churn", "3", "None"), "four-eyes")
+    _refused(lambda: governance.approve(manager.uri, "churn", 3), "approving your own version")
+    governance.approve(bob.uri, "churn", 3)
+    manager.client.transition_model_version_stage("churn", "3", "None")
+    assert int(writer.client.get_model_version_by_alias("churn", "latest").version) == 3
+
+
 # ---------------------------------------------------------------------------------- the rules themselves
 def test_only_the_owner_changes_the_rules(db, logins):
     owner, writer, manager, reader = (logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM),
