@@ -9,6 +9,8 @@ changed; the same rules hold through MlflowClient, the helper API, plain SQL and
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import mlflow
@@ -20,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import cli, governance, helpers
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
-from tests import sample
+from tests import procs, sample
 from tests.mlflow_server import mlflow_server
 
 RM = "pgmodels_release_manager"
@@ -214,6 +216,38 @@ def test_protected_latest_holds_for_plain_sql_inserts_and_with_four_eyes(db, log
     governance.approve(bob.uri, "churn", 3)
     manager.client.transition_model_version_stage("churn", "3", "None")
     assert int(writer.client.get_model_version_by_alias("churn", "latest").version) == 3
+
+
+_ARCHIVE_IN_CHILD = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    try:
+        conn.execute("UPDATE models SET is_active = false WHERE name = 'churn' AND version = 2")
+        print("archived")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("refused:", e.diag.message_primary)
+"""
+
+
+def test_two_changes_that_each_leave_latest_alone_cannot_move_it_together(db, logins, tmp_path):
+    owner, writer, manager = logins("pgmodels_owner"), logins("pgmodels_writer"), logins(RM)
+    _versions(writer.client, "churn", 3, tmp_path)
+    governance.protect(owner.uri, "churn", RM, alias="latest")
+
+    with psycopg.connect(manager.uri.replace("pgmodels://", "postgresql://", 1)) as release:
+        # the release manager archives v3 (latest becomes 2) and has not committed yet
+        release.execute("UPDATE models SET is_active = false WHERE name = 'churn' AND version = 3")
+        # meanwhile a writer archives v2, which leaves latest alone as far as it can see (3)
+        child = subprocess.Popen([sys.executable, "-c", _ARCHIVE_IN_CHILD,
+                                  writer.uri.replace("pgmodels://", "postgresql://", 1)],
+                                 stdout=subprocess.PIPE, text=True)
+        procs.wait_for("the writer to wait for the release manager", lambda: db.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (writer.user,)))
+        release.commit()
+    out, _ = child.communicate(timeout=60)
+    # once it sees the release, archiving v2 would move latest to 1: refused
+    assert out.startswith("refused:") and "latest" in out, out
+    assert int(writer.client.get_model_version_by_alias("churn", "latest").version) == 2
 
 
 # ---------------------------------------------------------------------------------- the rules themselves
