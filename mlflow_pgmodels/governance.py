@@ -153,8 +153,10 @@ def approve(uri: str | None, name: str, version: int) -> list[str]:
     with connection(uri, f"approve model '{name}' version {version}") as conn, conn.transaction():
         if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, int(version))).fetchone():
             raise version_not_found(name, int(version))
-        approvers = conn.execute("SELECT pgm_approve(%s, %s)", (name, int(version))).fetchone()[0]
-    return approvers.split(", ")
+        conn.execute("INSERT INTO pgm_approvals (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (name, int(version)))
+        return [r[0] for r in conn.execute("SELECT approved_by FROM pgm_approvals WHERE name = %s AND version = %s"
+                                           " ORDER BY approved_at, approved_by", (name, int(version)))]
 
 
 def grant_write_rights(uri: str | None, role: str, pattern: str) -> None:

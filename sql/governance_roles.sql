@@ -4,7 +4,7 @@
 -- at its end). Idempotent.
 --   psql -d your_database -f sql/governance_roles.sql
 --
--- pgmodels_reader          reads everything, writes nothing (sql/roles.sql).
+-- pgmodels_reader          reads what predict jobs need, writes nothing (sql/roles.sql).
 -- pgmodels_writer          training jobs, mlflow server: registers versions, tags, descriptions,
 --                          stages and aliases that no rule protects; approves versions it did not
 --                          register (four-eyes). Limited to some models by pgm_write_rights.
@@ -28,9 +28,9 @@ END $$;
 GRANT pgmodels_writer TO pgmodels_release_manager;
 GRANT pgmodels_release_manager TO pgmodels_owner;
 
--- The rules: everyone may read them; only owners write them (a trigger also refuses anyone else,
--- whatever rights a later GRANT ON ALL TABLES gives). Approving is pgm_approve(name, version)
--- (SECURITY DEFINER: it writes pgm_approvals as the owner). Skipped before the schema exists
+-- The rules: writers read them; only owners write them (a trigger also refuses anyone else,
+-- whatever rights a later GRANT ON ALL TABLES gives). Writers approve versions by inserting into
+-- pgm_approvals (a trigger records who, and refuses one's own). Skipped before the schema exists
 -- (run this again after mlflow-pgmodels db init).
 DO $$
 BEGIN
@@ -38,9 +38,10 @@ BEGIN
         RAISE NOTICE 'no pgmodels governance tables here yet: rights on them not granted';
         RETURN;
     END IF;
-    GRANT SELECT ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals TO pgmodels_reader, pgmodels_writer;
-    REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals
-        FROM pgmodels_reader, pgmodels_writer, pgmodels_release_manager;
+    GRANT SELECT ON pgm_protections, pgm_four_eyes, pgm_write_rights, pgm_approvals TO pgmodels_writer;
+    REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON pgm_protections, pgm_four_eyes, pgm_write_rights
+        FROM pgmodels_writer, pgmodels_release_manager;
+    GRANT INSERT ON pgm_approvals TO pgmodels_writer;
+    REVOKE UPDATE, DELETE, TRUNCATE ON pgm_approvals FROM pgmodels_writer, pgmodels_release_manager;
     GRANT SELECT, INSERT, UPDATE, DELETE ON pgm_protections, pgm_four_eyes, pgm_write_rights TO pgmodels_owner;
-    GRANT EXECUTE ON FUNCTION pgm_approve(text, integer) TO pgmodels_writer;
 END $$;

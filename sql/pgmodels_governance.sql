@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS pgm_four_eyes (
     created_by NAME NOT NULL DEFAULT session_user
 );
 
--- Approvals, written by pgm_approve() only (by a user other than the version's registrant).
+-- Approvals: INSERT (name, version) as the approving user; only the owner changes or removes one.
 CREATE TABLE IF NOT EXISTS pgm_approvals (
     name VARCHAR(255) NOT NULL,
     version INTEGER NOT NULL,
@@ -279,20 +279,12 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- pgm_registered_models and the tag tables: write rights; approval tags only through pgm_approve().
+-- pgm_registered_models and the tag tables: write rights.
 CREATE OR REPLACE FUNCTION pgm_governance_names() RETURNS trigger AS $$
 DECLARE
     o JSONB := CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END;
     n JSONB := CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END;
 BEGIN
-    IF TG_TABLE_NAME = 'pgm_model_version_tags'
-       AND (o ->> 'key' LIKE 'pgmodels.approv%' OR n ->> 'key' LIKE 'pgmodels.approv%')
-       AND o IS DISTINCT FROM n
-       AND NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
-        RAISE EXCEPTION 'pgmodels governance: the tag % of a version is written by approvals only (mlflow-pgmodels approve)',
-                        coalesce(n ->> 'key', o ->> 'key')
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
     IF o IS NOT NULL THEN
         PERFORM pgm_check_write(o ->> 'name', format('change %L', o ->> 'name'));
     END IF;
@@ -303,9 +295,30 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- The rule tables and approvals: only the owner writes them (rights first; the trigger also holds
--- against rights granted later, e.g. by re-running sql/roles.sql, which grants writers every table).
--- Not SECURITY DEFINER: it checks the role doing the change, which in pgm_approve() is the owner.
+-- The version tag pgmodels.approved_by is written by approvals only (pgm_governance_approved, as
+-- the owner) and by cascades (as the owner). Not SECURITY DEFINER: it checks the role doing the change.
+CREATE OR REPLACE FUNCTION pgm_governance_approval_tag() RETURNS trigger AS $$
+DECLARE
+    touched TEXT;
+BEGIN
+    IF TG_OP <> 'DELETE' AND NEW.key LIKE 'pgmodels.approv%' THEN
+        touched := NEW.key;
+    END IF;
+    IF TG_OP <> 'INSERT' AND OLD.key LIKE 'pgmodels.approv%' THEN
+        touched := OLD.key;
+    END IF;
+    IF touched IS NOT NULL AND NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        RAISE EXCEPTION 'pgmodels governance: the tag % of a version is written by approvals only (mlflow-pgmodels approve)',
+                        touched
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$ LANGUAGE plpgsql;
+
+-- The rule tables (and changes of approvals): only the owner writes them (rights first; the trigger
+-- also holds against rights granted later, e.g. by re-running sql/roles.sql, which grants writers
+-- every table). Not SECURITY DEFINER: it checks the role doing the change (the owner in cascades).
 CREATE OR REPLACE FUNCTION pgm_governance_owner_only() RETURNS trigger AS $$
 BEGIN
     IF NOT (pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER')
@@ -324,53 +337,60 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- Approve version p_version of p_name as the session's user; returns everyone who approved it.
--- Refused for the user who registered the version. Recorded in pgm_approvals and as the version tag
--- pgmodels.approved_by (so the UI, the history and webhooks show it: model_version_tag.set).
-CREATE OR REPLACE FUNCTION pgm_approve(p_name TEXT, p_version INTEGER) RETURNS TEXT AS $$
+-- An approval: INSERT INTO pgm_approvals (name, version) VALUES ('churn', 7), as the approving
+-- user. approved_by is always the session's user, and it must not be the one who registered the
+-- version; the approver must be allowed to write the model.
+CREATE OR REPLACE FUNCTION pgm_governance_approve() RETURNS trigger AS $$
 DECLARE
     registrant TEXT;
-    approvers TEXT;
 BEGIN
-    SELECT registered_by INTO registrant FROM models WHERE name = p_name AND version = p_version FOR SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgmodels governance: model ''%'' has no version %', p_name, p_version
-            USING ERRCODE = 'no_data_found';
-    END IF;
+    SELECT registered_by INTO registrant FROM models WHERE name = NEW.name AND version = NEW.version FOR SHARE;
     IF registrant = session_user THEN
         RAISE EXCEPTION 'pgmodels governance: cannot approve model ''%'' version %: database user % registered it, '
                         'and approving your own version is refused (four-eyes: another user approves)',
-                        p_name, p_version, session_user
+                        NEW.name, NEW.version, session_user
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    PERFORM pgm_check_write(p_name, format('approve model %L version %s', p_name, p_version));
-    INSERT INTO pgm_approvals (name, version, approved_by) VALUES (p_name, p_version, session_user)
-    ON CONFLICT DO NOTHING;
-    SELECT string_agg(approved_by, ', ' ORDER BY approved_at, approved_by) INTO approvers
-      FROM pgm_approvals WHERE name = p_name AND version = p_version;
-    INSERT INTO pgm_model_version_tags (name, version, key, value)
-    VALUES (p_name, p_version, 'pgmodels.approved_by', approvers)
-    ON CONFLICT (name, version, key) DO UPDATE SET value = EXCLUDED.value;
-    RETURN approvers;
+    PERFORM pgm_check_write(NEW.name, format('approve model %L version %s', NEW.name, NEW.version));
+    NEW.approved_by := session_user;
+    NEW.approved_at := now();
+    RETURN NEW;
 END
-$$ LANGUAGE plpgsql SECURITY DEFINER;
+$$ LANGUAGE plpgsql;
 
--- Pinned search_path for the trigger functions and pgm_approve (no one else's objects can stand in
--- for ours). The helpers above run inside them, under that path; a SET of their own would keep
--- the SQL ones from being inlined and cost a path switch per call, several per written row.
--- EXECUTE on the trigger functions and on pgm_approve only for those granted it
--- (sql/governance_roles.sql).
+-- The approvers of a version as its tag pgmodels.approved_by (so the UI, the history and webhooks
+-- show it: model_version_tag.set).
+CREATE OR REPLACE FUNCTION pgm_governance_approved() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO pgm_model_version_tags (name, version, key, value)
+    SELECT NEW.name, NEW.version, 'pgmodels.approved_by', string_agg(approved_by, ', ' ORDER BY approved_at, approved_by)
+      FROM pgm_approvals WHERE name = NEW.name AND version = NEW.version
+    ON CONFLICT (name, version, key) DO UPDATE SET value = EXCLUDED.value;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+-- The trigger functions that check rules run as the owner (SECURITY DEFINER), so that writers need
+-- no right on the rule tables nor on the helpers above: who is asking is session_user anyway. The
+-- guards that must see who is writing (current_user: the owner in cascades and in the triggers
+-- here) run as the caller. All with a pinned search_path (no one else's objects can stand in for
+-- ours; the helpers run inside them, under that path: a SET of their own would keep the SQL ones
+-- from being inlined). No one calls them directly: EXECUTE is revoked from PUBLIC.
 DO $$
 DECLARE
     f TEXT;
 BEGIN
     FOREACH f IN ARRAY ARRAY['pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
-                             'pgm_governance_owner_only()', 'pgm_approve(text,integer)'] LOOP
+                             'pgm_governance_approve()', 'pgm_governance_approved()'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
+                       f, current_schema());
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOREACH f IN ARRAY ARRAY['pgm_governance_owner_only()', 'pgm_governance_approval_tag()'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema());
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
-REVOKE ALL ON FUNCTION pgm_governance_models(), pgm_governance_aliases(), pgm_governance_names(),
-    pgm_governance_owner_only(), pgm_approve(text, integer) FROM PUBLIC;
 
 -- Inserts of a registration in progress (version <= 0: the store's upload, up to 1 GB in the row)
 -- do not call the function: a PL/pgSQL trigger copies the row it returns. They are checked when
@@ -396,10 +416,20 @@ BEGIN
     END LOOP;
     FOREACH t IN ARRAY ARRAY['pgm_protections', 'pgm_four_eyes', 'pgm_write_rights', 'pgm_approvals'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS pgm_governance_owner_only ON %I', t);
-        EXECUTE format('CREATE TRIGGER pgm_governance_owner_only BEFORE INSERT OR UPDATE OR DELETE ON %I '
-                       'FOR EACH ROW EXECUTE FUNCTION pgm_governance_owner_only()', t);
+        EXECUTE format('CREATE TRIGGER pgm_governance_owner_only BEFORE %s ON %I '
+                       'FOR EACH ROW EXECUTE FUNCTION pgm_governance_owner_only()',
+                       CASE WHEN t = 'pgm_approvals' THEN 'UPDATE OR DELETE' ELSE 'INSERT OR UPDATE OR DELETE' END, t);
         EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
     END LOOP;
 END $$;
+DROP TRIGGER IF EXISTS pgm_governance_approval_tag ON pgm_model_version_tags;
+CREATE TRIGGER pgm_governance_approval_tag BEFORE INSERT OR UPDATE OR DELETE ON pgm_model_version_tags
+    FOR EACH ROW EXECUTE FUNCTION pgm_governance_approval_tag();
+DROP TRIGGER IF EXISTS pgm_governance_approve ON pgm_approvals;
+CREATE TRIGGER pgm_governance_approve BEFORE INSERT ON pgm_approvals
+    FOR EACH ROW EXECUTE FUNCTION pgm_governance_approve();
+DROP TRIGGER IF EXISTS pgm_governance_approved ON pgm_approvals;
+CREATE TRIGGER pgm_governance_approved AFTER INSERT ON pgm_approvals
+    FOR EACH ROW EXECUTE FUNCTION pgm_governance_approved();
 
 UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);

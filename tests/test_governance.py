@@ -265,7 +265,7 @@ def test_only_the_owner_changes_the_rules(db, logins):
     assert db.sql("SELECT count(*) FROM pgm_protections") == [(0,)]
 
     governance.protect(owner.uri, "*", RM, stage="Production")
-    assert [r.describe() for r in governance.protections(reader.uri)] == ["*\t--stage Production\t--role pgmodels_release_manager"]
+    assert [r.describe() for r in governance.protections(writer.uri)] == ["*\t--stage Production\t--role pgmodels_release_manager"]
     # in SQL, as docs/governance.md shows it
     owner.sql("INSERT INTO pgm_protections (name_pattern, kind, value, role) VALUES ('churn', 'alias', 'champion', %s)"
               " ON CONFLICT (name_pattern, kind, value) DO UPDATE SET role = EXCLUDED.role", (RM,))
@@ -325,7 +325,7 @@ def test_four_eyes_a_second_user_approves_before_promotion(db, logins, tmp_path,
     _refused(lambda: governance.approve(alice.uri, "churn", 1), "approving your own version is refused", alice.user)
     _refused(lambda: alice.client.set_model_version_tag("churn", "1", "pgmodels.approved_by", bob.user),
              "approvals only")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="approving your own"):
         alice.sql("INSERT INTO pgm_approvals (name, version, approved_by) VALUES ('churn', 1, %s)", (bob.user,))
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="registered_by"):
         alice.sql("UPDATE models SET registered_by = %s WHERE name = 'churn'", (bob.user,))
