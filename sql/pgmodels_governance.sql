@@ -370,6 +370,26 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
+-- Rule changes are history too (pgm_history, under the rule's name pattern: `mlflow-pgmodels
+-- history churn` shows the rules made for churn; webhooks with all_changes get them as
+-- pgmodels.<action>).
+CREATE OR REPLACE FUNCTION pgm_governance_audit() RETURNS trigger AS $$
+DECLARE
+    o JSONB := CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'created_at' - 'created_by' END;
+    n JSONB := CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'created_at' - 'created_by' END;
+    what TEXT := CASE TG_TABLE_NAME WHEN 'pgm_protections' THEN 'protection'
+                                    WHEN 'pgm_four_eyes' THEN 'four_eyes' ELSE 'write_rights' END;
+BEGIN
+    IF o IS NOT DISTINCT FROM n THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pgm_history_record(coalesce(n, o) ->> 'name_pattern', NULL,
+                               what || CASE WHEN n IS NULL THEN '_removed' ELSE '_set' END,
+                               o - 'name_pattern', n - 'name_pattern');
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
 -- The trigger functions that check rules run as the owner (SECURITY DEFINER), so that writers need
 -- no right on the rule tables nor on the helpers above: who is asking is session_user anyway. The
 -- guards that must see who is writing (current_user: the owner in cascades and in the triggers
@@ -381,7 +401,7 @@ DECLARE
     f TEXT;
 BEGIN
     FOREACH f IN ARRAY ARRAY['pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
-                             'pgm_governance_approve()', 'pgm_governance_approved()'] LOOP
+                             'pgm_governance_approve()', 'pgm_governance_approved()', 'pgm_governance_audit()'] LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
                        f, current_schema());
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
@@ -420,6 +440,10 @@ BEGIN
                        'FOR EACH ROW EXECUTE FUNCTION pgm_governance_owner_only()',
                        CASE WHEN t = 'pgm_approvals' THEN 'UPDATE OR DELETE' ELSE 'INSERT OR UPDATE OR DELETE' END, t);
         EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
+        CONTINUE WHEN t = 'pgm_approvals';  -- recorded as the version's tag
+        EXECUTE format('DROP TRIGGER IF EXISTS pgm_governance_audit ON %I', t);
+        EXECUTE format('CREATE TRIGGER pgm_governance_audit AFTER INSERT OR UPDATE OR DELETE ON %I '
+                       'FOR EACH ROW EXECUTE FUNCTION pgm_governance_audit()', t);
     END LOOP;
 END $$;
 DROP TRIGGER IF EXISTS pgm_governance_approval_tag ON pgm_model_version_tags;

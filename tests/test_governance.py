@@ -297,6 +297,12 @@ def test_command_line(db, logins, capsys):
     assert capsys.readouterr().out.splitlines() == ["churn", "pgmodels_writer\tteam-a-*"]
     assert db.sql("SELECT name_pattern, kind, value FROM pgm_protections") == [("*", "stage", "Production")]
 
+    # who changed the rules, in the history of the model they are for
+    assert cli.main(["history", "churn", "--uri", owner.uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[3] for line in lines] == ["four_eyes_set", "protection_removed", "protection_set"]
+    assert f"kind=alias role={RM} value=champion" in lines[1] and f"db: {owner.user}" in lines[1]
+
     writer = logins("pgmodels_writer")
     assert cli.main(["protect", "x", "--alias", "a", "--role", RM, "--uri", writer.uri]) == 2
     err = capsys.readouterr().err
