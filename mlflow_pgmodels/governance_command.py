@@ -33,6 +33,8 @@ def _unprotect(args: argparse.Namespace) -> int:
 
 def _four_eyes(args: argparse.Namespace) -> int:
     if args.state is None:
+        if args.name is not None:
+            raise MlflowException.invalid_parameter_value(f"four-eyes: say `four-eyes {args.name} on` or `off`")
         for pattern in governance.four_eyes(args.uri):
             print(pattern)
         return 0
