@@ -37,6 +37,8 @@ DEFAULT_POOL_TIMEOUT = 30.0
 # A dead peer is noticed after about idle + interval × count = 60 s instead of the kernel's ~15 min.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _POOL_NAME = "mlflow-pgmodels"
+# How the governance triggers (sql/pgmodels_governance.sql) start their messages.
+GOVERNANCE_PREFIX = "pgmodels governance: "
 # How often a waiting call looks whether the pool failed to connect (so it fails fast, not at the timeout).
 _WAIT_SLICE = 0.2
 
@@ -308,6 +310,13 @@ def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
     except MlflowException:
         raise
     except pg_errors.InsufficientPrivilege as e:
+        if e.diag.message_primary and e.diag.message_primary.startswith(GOVERNANCE_PREFIX):
+            # a rule of sql/pgmodels_governance.sql: its message names the rule and the role it needs
+            raise MlflowException(
+                f"Permission denied: {redact(e.diag.message_primary.removeprefix(GOVERNANCE_PREFIX))}. "
+                "Nothing was changed (see docs/governance.md).",
+                error_code=PERMISSION_DENIED,
+            ) from None
         raise MlflowException(
             f"Permission denied: the database role cannot {what} ({_clean(e)}). "
             "Connect with a role that has the rights for it (see sql/roles.sql).",

@@ -84,6 +84,9 @@ def _detail(action: str, old: dict, new: dict) -> str:
         return f"{old.get('name')} → {new.get('name')}"
     if action == "model_version_created":
         return f"source {new.get('source')!r}" if new.get("source") else ""
+    if action.startswith(("protection_", "write_rights_")):  # governance rules (docs/governance.md)
+        rule = new or old
+        return " ".join(f"{k}={v}" for k, v in sorted(rule.items()))
     return ""
 
 

@@ -20,7 +20,8 @@ from mlflow_pgmodels.settings import positive_number
 SCHEMA_VERSION = 5
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
 SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql", "pgmodels_history.sql",
-                "pgmodels_webhooks.sql", "pgmodels_artifacts.sql", "pgmodels_privileges.sql")
+                "pgmodels_webhooks.sql", "pgmodels_artifacts.sql", "pgmodels_governance.sql",
+                "pgmodels_privileges.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.
 ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
 LOCK_TIMEOUT_ENV = "MLFLOW_PGMODELS_LOCK_TIMEOUT"

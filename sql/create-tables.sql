@@ -6,6 +6,7 @@
 \ir pgmodels_history.sql
 \ir pgmodels_webhooks.sql
 \ir pgmodels_artifacts.sql
+\ir pgmodels_governance.sql
 \ir pgmodels_privileges.sql
 
 -- The examples (examples/): their training data, what each training run scored, and the

@@ -85,3 +85,6 @@ END $$;
 -- pgmodels schema upgrades).
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO pgmodels_writer;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO pgmodels_writer;
+
+-- Governance roles (release manager, owner) and the rights on the rule tables: a file of its own.
+\ir governance_roles.sql

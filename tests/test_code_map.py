@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlflow_pgmodels"
-COMMANDS = {"cli", "migrate", "import_registry", "webhooks_command"}
+COMMANDS = {"cli", "migrate", "import_registry", "webhooks_command", "governance_command"}
 
 
 def imports() -> dict[str, set[str]]:
