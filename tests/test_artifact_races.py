@@ -276,3 +276,30 @@ def test_registering_a_logged_model_with_a_corrupt_piece_is_data_loss(client, db
         client.create_model_version("flipped", f"models:/{info.model_id}")
     assert e.value.error_code == "DATA_LOSS"
     assert db.sql("SELECT count(*) FROM models WHERE name = 'flipped'") == [(0,)]
+
+
+# --- a database of schema version 4 --------------------------------------------------------------------
+def test_a_schema_4_database_is_upgraded_to_the_locking_triggers(client, db, tmp_path):
+    """The row triggers of schema 4 (which leaked blobs) give way to schema 5's on the next start."""
+    db.sql("DROP TRIGGER pgm_artifacts_delete_drops_orphans ON pgm_artifacts;"
+           " DROP TRIGGER pgm_artifacts_update_drops_orphans ON pgm_artifacts;"
+           " DROP TRIGGER pgm_version_files_delete_drops_orphans ON pgm_version_files;"
+           " DROP TRIGGER pgm_artifacts_path_check ON pgm_artifacts;"
+           " CREATE FUNCTION pgm_drop_orphan_blob() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';"
+           " CREATE TRIGGER pgm_artifacts_drop_orphan_blob AFTER DELETE OR UPDATE OF blob_id ON pgm_artifacts"
+           "  FOR EACH ROW EXECUTE FUNCTION pgm_drop_orphan_blob();"
+           " UPDATE pgm_schema_info SET schema_version = 4")
+    from mlflow_pgmodels import schema
+
+    schema._ready.clear()
+    with mlflow.start_run():
+        mlflow.log_text("a", "up/a")  # the first write upgrades
+        with pytest.raises(MlflowException, match="up/a"):
+            mlflow.log_text("b", "up/a/b")
+        mlflow.log_text("c", "up/a")
+    assert db.sql("SELECT schema_version FROM pgm_schema_info") == [(5,)]
+    assert sorted(r[0] for r in db.sql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN"
+                                       " ('pgm_artifacts'::regclass, 'pgm_version_files'::regclass)")) == [
+        "pgm_artifacts_delete_drops_orphans", "pgm_artifacts_path_check", "pgm_artifacts_update_drops_orphans",
+        "pgm_version_files_delete_drops_orphans"]
+    assert _orphans(db) == 0
