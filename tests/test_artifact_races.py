@@ -93,12 +93,12 @@ def _overwrite(uri: str, workdir: str, run_id: str, which: int, rounds: int) -> 
         MlflowClient().log_artifact(run_id, path, "same")
 
 
-def _read_while(uri: str, workdir: str, run_id: str, done, results) -> None:
+def _read_while(uri: str, workdir: str, artifact_uri: str, done, results) -> None:
     procs.enter(workdir, tracking_uri=uri)
     outcomes = []
     while not done.is_set() or len(outcomes) < 20:
         try:
-            path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/same/weights.bin", dst_path=workdir)
+            path = mlflow.artifacts.download_artifacts(f"{artifact_uri}/same/weights.bin", dst_path=workdir)
             with open(path, "rb") as f:
                 outcomes.append("ok" if f.read() in _CONTENTS else "mixed bytes")
         except MlflowException as e:
@@ -108,14 +108,14 @@ def _read_while(uri: str, workdir: str, run_id: str, done, results) -> None:
 
 @pytest.mark.slow
 def test_a_read_racing_overwrites_sees_one_whole_file(client, db, tmp_path):
-    """Before the fix: 7 of 61 reads failed with a false DATA_LOSS."""
+    """Before the fix: some reads failed with a false DATA_LOSS ('Restore the database from a backup')."""
     with mlflow.start_run() as run:
         pass
     run_id = run.info.run_id
     _overwrite(db.uri, str(tmp_path / "w0"), run_id, 0, 1)
     ctx = procs.context()
     done, results = ctx.Event(), ctx.Queue()
-    reader = ctx.Process(target=_read_while, args=(db.uri, str(tmp_path / "r"), run_id, done, results))
+    reader = ctx.Process(target=_read_while, args=(db.uri, str(tmp_path / "r"), run.info.artifact_uri, done, results))
     writers = [ctx.Process(target=_overwrite, args=(db.uri, str(tmp_path / f"w{i + 1}"), run_id, i, 40))
                for i in range(2)]
     reader.start()
