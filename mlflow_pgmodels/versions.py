@@ -141,6 +141,12 @@ class _NoArtifacts(Exception):
     """No artifact below the key: the source's files are elsewhere."""
 
 
+# Whether the pieces of blob b (joined to f.blob_id) still have the SHA-256 recorded at upload;
+# one file's bytes in memory at a time.
+_INTACT = ("encode(sha256(coalesce((SELECT string_agg(p.data, ''::bytea ORDER BY p.seq) FROM pgm_blob_pieces p"
+           " WHERE p.blob_id = f.blob_id), ''::bytea)), 'hex') = b.sha256")
+
+
 def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str, str],
                           members: list[stored_zip.Member], blob_ids: list[int]) -> None:
     """Insert the row with ``model_binary`` = the zip of the blobs, put together by PostgreSQL.
@@ -151,21 +157,20 @@ def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str
     values = new.row(version, columns)
     inserted = conn.execute(
         "WITH files AS (SELECT * FROM unnest(%s::bytea[], %s::bigint[]) WITH ORDINALITY AS f(header, blob_id, i)),"
-        " contents AS (SELECT f.i, f.header, b.sha256, coalesce((SELECT string_agg(p.data, ''::bytea ORDER BY p.seq)"
-        "  FROM pgm_blob_pieces p WHERE p.blob_id = f.blob_id), ''::bytea) AS data"
-        "  FROM files f JOIN pgm_blobs b ON b.id = f.blob_id),"
-        " zip AS (SELECT string_agg(header || data, ''::bytea ORDER BY i) || %s::bytea AS z,"
-        "  bool_and(encode(sha256(data), 'hex') = sha256) AND count(*) = %s AS intact FROM contents)"
+        " parts AS (SELECT i, -1 AS seq, header AS data FROM files"
+        "  UNION ALL SELECT f.i, p.seq, p.data FROM files f JOIN pgm_blob_pieces p ON p.blob_id = f.blob_id"
+        "  UNION ALL SELECT %s::bigint, -1, %s::bytea),"
+        " zip AS (SELECT string_agg(data, ''::bytea ORDER BY i, seq) AS z FROM parts),"
+        f" intact AS (SELECT bool_and({_INTACT}) AND count(*) = %s AS ok FROM files f JOIN pgm_blobs b ON b.id = f.blob_id)"
         f" INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
         f" SELECT {', '.join(['%s'] * len(_ROW_COLUMNS))}, z, 'mlflow-zip', encode(sha256(z), 'hex'), octet_length(z)"
-        " FROM zip WHERE intact RETURNING size_bytes",
-        ([stored_zip.local_header(m) for m in members], blob_ids, stored_zip.trailer(members), len(members),
-         *[values[c] for c in _ROW_COLUMNS])).fetchone()
+        " FROM zip, intact WHERE intact.ok RETURNING size_bytes",
+        ([stored_zip.local_header(m) for m in members], blob_ids, len(members) + 1, stored_zip.trailer(members),
+         len(members), *[values[c] for c in _ROW_COLUMNS])).fetchone()
     if inserted is None:
         damaged = [m.name for m, (ok,) in zip(members, conn.execute(
-            "SELECT encode(sha256(coalesce((SELECT string_agg(p.data, ''::bytea ORDER BY p.seq) FROM pgm_blob_pieces p"
-            " WHERE p.blob_id = b.id), ''::bytea)), 'hex') = b.sha256 FROM unnest(%s::bigint[]) WITH ORDINALITY"
-            " AS f(blob_id, i) LEFT JOIN pgm_blobs b ON b.id = f.blob_id ORDER BY f.i", (blob_ids,))) if not ok]
+            f"SELECT {_INTACT} FROM unnest(%s::bigint[]) WITH ORDINALITY AS f(blob_id, i)"
+            " LEFT JOIN pgm_blobs b ON b.id = f.blob_id ORDER BY f.i", (blob_ids,))) if not ok]
         raise MlflowException(
             f"The files of {new.source!r} are damaged in the database: {', '.join(damaged) or 'a file'} no longer "
             "match the SHA-256 recorded when they were logged. Nothing was registered. Log the model again "
