@@ -211,7 +211,7 @@ def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str
                                   (int(experiment_id), ARTIFACTS_SCHEME + ":%")).fetchall()
             # normalised as this root is (root_key), so no spelling of an inner root escapes
             kept = sorted({k for k in map(_key_or_none, (loc for loc, in others))
-                           if k is not None and starts_below(k, key)})
+                           if k is not None and _starts_below(k, key)})
             gone = conn.execute(
                 "DELETE FROM pgm_artifacts a WHERE a.path >= %s AND a.path < %s AND NOT EXISTS ("
                 " SELECT 1 FROM unnest(%s::text[]) k WHERE starts_with(a.path, k || '/'))",
@@ -220,7 +220,7 @@ def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str
     return gone
 
 
-def starts_below(other: str, key: str) -> bool:
+def _starts_below(other: str, key: str) -> bool:
     """Whether the key ``other`` is ``key`` itself or lies below it."""
     return other == key or other.startswith(key + "/")
 
