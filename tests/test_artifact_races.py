@@ -167,6 +167,10 @@ def test_deleting_a_files_version_and_its_runs_files_together_leaves_no_blob(cli
         version = client.create_model_version("both", f"runs:/{run_id}").version
         assert db.sql("SELECT format FROM models WHERE name = 'both' AND version = %s", (int(version),)) == \
             [("files",)]
+        if round_ == 0:  # its files read back from one snapshot
+            loaded = mlflow.artifacts.download_artifacts(f"models:/both/{version}", dst_path=str(tmp_path / "dl"))
+            with open(os.path.join(loaded, "model.pkl"), "rb") as f:
+                assert f.read() == MODEL_FILES["model.pkl"]
         start = ctx.Barrier(2)
         children = [ctx.Process(target=_delete_version, args=(db.uri, str(tmp_path / "a"), "both", version, start)),
                     ctx.Process(target=_delete_run_files, args=(db.uri, str(tmp_path / "b"), run_id, start))]
