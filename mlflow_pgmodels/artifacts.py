@@ -96,28 +96,51 @@ def _bad(path: str, why: str) -> MlflowException:
 def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
     """Write local files as artifacts, ``files`` being (local path, key) pairs; all or nothing.
 
-    A key that exists is overwritten (as on a file system); the old bytes go with it.
+    A key that exists is overwritten (as on a file system); the old bytes go with it. A key below
+    a stored file, or one that is a directory of stored files, is INVALID_PARAMETER_VALUE.
     """
-    files = list(files)
+    files = sorted(files, key=lambda f: f[1])  # rows locked in key order: two uploads cannot deadlock
     ensure_schema(uri)  # a tracking store alone does not create pgm_artifacts
     with connection(uri, "log artifacts") as conn, conn.transaction():
+        # the bytes first, the rows last: the rows' locks (sql/pgmodels_artifacts.sql) are held
+        # only while the rows are written, not while the bytes travel
+        written = []
         for local_path, key in files:
             with open(local_path, "rb") as src:
                 size = os.fstat(src.fileno()).st_size
-                put(conn, key, src, size, progress=f"Uploading {os.path.basename(key)}" if size > 64 << 20 else None)
+                written.append((key, _write_blob(conn, key, src, size,
+                                                 f"Uploading {os.path.basename(key)}" if size > 64 << 20 else None)))
+        try:
+            conn.cursor().executemany(
+                "INSERT INTO pgm_artifacts (path, blob_id, size_bytes) VALUES (%s, %s, %s) ON CONFLICT (path)"
+                " DO UPDATE SET blob_id = EXCLUDED.blob_id, size_bytes = EXCLUDED.size_bytes, created_at = now()",
+                [(key, blob.id, blob.size) for key, blob in written])
+        except psycopg.Error as e:
+            if e.sqlstate == PATH_CLASH:
+                raise _clash(e.diag) from None
+            raise
 
 
-def put(conn: psycopg.Connection, key: str, src: IO[bytes], size: int, progress: str | None = None) -> None:
-    """Write one artifact from ``src`` in the caller's transaction."""
+# SQLSTATE of sql/pgmodels_artifacts.sql's refusal of a path that is both a file and a directory
+PATH_CLASH = "PGM01"
+
+
+def _clash(diag) -> MlflowException:
+    shown = f"{ARTIFACTS_SCHEME}:/{diag.message_detail}"
+    return MlflowException(
+        f"Cannot store artifact {shown!r}: {diag.message_hint}, and a path cannot be both a file and a "
+        "directory (as on a file system). Nothing was written. Log it under another name, or delete "
+        "the other first.", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _write_blob(conn: psycopg.Connection, key: str, src: IO[bytes], size: int,
+                progress: str | None) -> pieces.Blob:
     blob = pieces.write(conn, src, size, progress)
     if src.read(1):
         raise MlflowException(f"The file for artifact {key!r} grew while it was being stored (is something still "
                               "writing it?); nothing was stored. Log it again once it is complete.",
                               error_code=DATA_LOSS)
-    conn.execute(
-        "INSERT INTO pgm_artifacts (path, blob_id, size_bytes) VALUES (%s, %s, %s) ON CONFLICT (path) DO UPDATE"
-        " SET blob_id = EXCLUDED.blob_id, size_bytes = EXCLUDED.size_bytes, created_at = now()",
-        (key, blob.id, size))
+    return blob
 
 
 def listing(uri: str, key: str) -> list[tuple[str, bool, int | None]]:
@@ -140,8 +163,12 @@ def stat(conn: psycopg.Connection, key: str) -> StoredFile | None:
 
 
 def read(uri: str, key: str, out: IO[bytes], shown: str) -> None:
-    """Write the artifact at ``key`` into ``out`` (verified); RESOURCE_DOES_NOT_EXIST if there is none."""
-    with read_connection(uri, f"read artifact {shown}") as conn:
+    """Write the artifact at ``key`` into ``out`` (verified); RESOURCE_DOES_NOT_EXIST if there is none.
+
+    The row and the bytes come from one snapshot: a file overwritten meanwhile is read whole, as it was.
+    """
+    with read_connection(uri, f"read artifact {shown}") as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         found = stat(conn, key)
         if found is None:
             raise MlflowException(f"No artifact {shown} in the database", error_code=RESOURCE_DOES_NOT_EXIST)
@@ -165,10 +192,11 @@ def delete(uri: str, key: str) -> int:
 
 def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str | None) -> int:
     """Delete every file below a permanently deleted experiment's database root (its runs',
-    LoggedModels' and traces'); returns how many went.
+    LoggedModels' and traces'); returns how many went. Blobs left referenced by nothing go too.
 
     Files below the root of another experiment (one created with an artifact location inside
-    this one's) stay, and so does everything when this root is the whole database.
+    this one's, however spelled: ``/1/shared/``, ``/1//shared``) stay, and so does everything
+    when this root is the whole database.
     """
     if not (artifact_location or "").startswith(ARTIFACTS_SCHEME + ":"):
         return 0
@@ -177,8 +205,46 @@ def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str
         return 0
     low, high = under(key)
     with connection(uri, "delete an experiment's artifacts") as conn:
-        return conn.execute(
-            "DELETE FROM pgm_artifacts a WHERE a.path >= %s AND a.path < %s AND NOT EXISTS ("
-            " SELECT 1 FROM experiments e WHERE e.experiment_id <> %s AND e.artifact_location LIKE %s"
-            " AND starts_with(a.path, ltrim(substr(e.artifact_location, %s), '/') || '/'))",
-            (low, high, int(experiment_id), ARTIFACTS_SCHEME + ":%", len(ARTIFACTS_SCHEME) + 2)).rowcount
+        with conn.transaction():
+            others = conn.execute("SELECT artifact_location FROM experiments WHERE experiment_id <> %s"
+                                  " AND artifact_location LIKE %s",
+                                  (int(experiment_id), ARTIFACTS_SCHEME + ":%")).fetchall()
+            # normalised as this root is (root_key), so no spelling of an inner root escapes
+            kept = sorted({k for k in map(_key_or_none, (loc for loc, in others))
+                           if k is not None and _starts_below(k, key)})
+            gone = conn.execute(
+                "DELETE FROM pgm_artifacts a WHERE a.path >= %s AND a.path < %s AND NOT EXISTS ("
+                " SELECT 1 FROM unnest(%s::text[]) k WHERE starts_with(a.path, k || '/'))",
+                (low, high, kept)).rowcount
+        sweep(conn)
+    return gone
+
+
+def _starts_below(other: str, key: str) -> bool:
+    """Whether the key ``other`` is ``key`` itself or lies below it."""
+    return other == key or other.startswith(key + "/")
+
+
+def _key_or_none(location: str) -> str | None:
+    """The key of a root, None for one that names no place in this database."""
+    try:
+        return root_key(location)
+    except MlflowException:
+        return None
+
+
+def sweep(conn: psycopg.Connection) -> int:
+    """Delete blobs referenced by nothing (none unless a release before schema 5 leaked them)."""
+    return conn.execute("SELECT pgm_sweep_orphan_blobs()").fetchone()[0]
+
+
+def sweep_orphans(uri: str) -> int:
+    """Delete the blobs of the database at ``uri`` that nothing references; returns how many went."""
+    with connection(uri, "delete unreferenced artifact blobs") as conn:
+        return sweep(conn)
+
+
+def orphan_count(uri: str) -> int:
+    """How many blobs nothing references (0 unless something leaked them)."""
+    with read_connection(uri, "count unreferenced artifact blobs") as conn:
+        return conn.execute("SELECT pgm_orphan_blob_count()").fetchone()[0]

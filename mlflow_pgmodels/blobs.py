@@ -6,6 +6,7 @@ Both paths keep client memory at one slice, whatever the model size (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -105,8 +106,11 @@ def read_chunks(conn: psycopg.Connection, chunk_query: Callable[[int], tuple[str
 
     A helper thread runs the chunk queries ``READ_AHEAD`` chunks ahead of this thread, which
     hashes and writes them, so the database and the local disk work at the same time; at most
-    ``READ_AHEAD + 2`` chunks are in memory. All chunks come from one snapshot.
+    ``READ_AHEAD + 2`` chunks are in memory. All chunks come from one snapshot: a REPEATABLE READ
+    transaction of their own, or the caller's when ``conn`` is in one (which then holds the
+    snapshot that also gave ``size``).
     """
+    own_transaction = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     stop = threading.Event()
 
@@ -122,8 +126,9 @@ def read_chunks(conn: psycopg.Connection, chunk_query: Callable[[int], tuple[str
     def fetch() -> None:
         got = 0
         try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            with conn.transaction() if own_transaction else contextlib.nullcontext():
+                if own_transaction:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 cur = conn.cursor(binary=True)
                 while got < size or got == 0:
                     row = cur.execute(*chunk_query(got)).fetchone()

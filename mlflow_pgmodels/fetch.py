@@ -14,6 +14,7 @@ from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
 from mlflow_pgmodels import archive, cache, pieces
 from mlflow_pgmodels.blobs import read_blob
 from mlflow_pgmodels.db import read_connection
+from mlflow_pgmodels.entities import version_not_found
 from mlflow_pgmodels.schema import ensure_schema
 
 # Files that exist only for the REST path (``/model-versions/get-artifact``): a version's archive
@@ -210,23 +211,28 @@ class DatabaseSource(_CachedSource):
     def _read_files(self, name: str, version: int, info: BlobInfo, model: str) -> None:
         """Write the files of a ``'files'`` version into the directory ``model``, each verified."""
         what = _what(name, version)
-        with read_connection(self.uri, f"read {what}") as conn:
+        # the list and every file's bytes from one snapshot: a version deleted meanwhile is read whole
+        with read_connection(self.uri, f"read {what}") as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             files = conn.execute(
                 "SELECT f.path, f.blob_id, b.size_bytes, b.sha256 FROM pgm_version_files f JOIN pgm_blobs b"
                 " ON b.id = f.blob_id WHERE f.name = %s AND f.version = %s ORDER BY f.path", (name, version)).fetchall()
-        if not files or pieces.manifest_digest(files) != info.digest:
-            raise MlflowException(
-                f"{what} is corrupt in the database: the files listed in pgm_version_files are not the ones "
-                "registered. Nothing was loaded. Restore the database from a backup or register the model "
-                "again.", error_code=DATA_LOSS)
-        os.makedirs(model)
-        model = os.path.realpath(model)
-        for path, blob_id, size, sha in files:
-            dest = archive.destination(model, path, what)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with read_connection(self.uri, f"read {what}") as conn, open(dest, "wb") as out:
-                pieces.read(conn, blob_id, size, sha, out, f"{what}: {path}",
-                            progress=f"Downloading {name} v{version}: {path}" if size > 64 << 20 else None)
+            if not files and not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s",
+                                              (name, version)).fetchone():
+                raise version_not_found(name, version)  # deleted since its row was read
+            if not files or pieces.manifest_digest(files) != info.digest:
+                raise MlflowException(
+                    f"{what} is corrupt in the database: the files listed in pgm_version_files are not the ones "
+                    "registered. Nothing was loaded. Restore the database from a backup or register the model "
+                    "again.", error_code=DATA_LOSS)
+            os.makedirs(model)
+            model = os.path.realpath(model)
+            for path, blob_id, size, sha in files:
+                dest = archive.destination(model, path, what)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open(dest, "wb") as out:
+                    pieces.read(conn, blob_id, size, sha, out, f"{what}: {path}",
+                                progress=f"Downloading {name} v{version}: {path}" if size > 64 << 20 else None)
         _write_meta(model, name, version)
 
     def _download(self, name: str, version: int, info: BlobInfo, out_path: str) -> str:

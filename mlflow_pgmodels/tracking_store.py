@@ -54,7 +54,8 @@ def _for_poolers(engine) -> None:
 
 def _experiment_files_go_with_it(store, store_uri: str) -> None:
     """``mlflow gc``: a permanently deleted experiment takes the files below its database root
-    with it (its LoggedModels' and traces', which gc does not delete one by one)."""
+    with it (its LoggedModels' and traces', which gc does not delete one by one), and blobs that
+    nothing references (none unless a release before schema 5 leaked them) are swept."""
     from mlflow_pgmodels.artifacts import delete_experiment_files
 
     hard_delete = store._hard_delete_experiment

@@ -30,7 +30,7 @@ from typing import IO
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DATA_LOSS
+from mlflow.protos.databricks_pb2 import DATA_LOSS, TEMPORARILY_UNAVAILABLE
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from psycopg import errors as pg_errors
 
@@ -90,13 +90,7 @@ def from_artifacts(uri: str, new: NewVersion, key: str) -> ModelVersion | None:
     """Register the model whose files are the artifacts below ``key`` (pgm_artifacts); no byte leaves
     the database. None when there are no artifacts below ``key`` (the caller fetches the files)."""
     def write(conn, version: int, columns: dict[str, str]) -> None:
-        low, high = artifacts.under(key)
-        rows = conn.execute(
-            "SELECT substr(a.path, %s), a.blob_id, b.size_bytes, b.crc32, b.sha256 FROM pgm_artifacts a"
-            " JOIN pgm_blobs b ON b.id = a.blob_id WHERE a.path >= %s AND a.path < %s ORDER BY a.path"
-            " FOR KEY SHARE OF a, b",  # neither deleted (mlflow gc) nor overwritten until this commits
-            (len(low) + 1, low, high)).fetchall()
-        rows = [r for r in rows if r[0] not in archive.SKIPPED]
+        rows = [r for r in _locked_files(conn, key, new.source) if r[0] not in archive.SKIPPED]
         if not rows:
             raise _NoArtifacts()
         if not any(r[0] == "MLmodel" for r in rows):
@@ -115,29 +109,76 @@ def from_artifacts(uri: str, new: NewVersion, key: str) -> ModelVersion | None:
         return None
 
 
+_LOCK_ATTEMPTS = 20
+
+
+def _locked_files(conn, key: str, source: str) -> list[tuple[str, int, int, int, str]]:
+    """The files below ``key`` as (path, blob id, size, CRC-32, SHA-256), their rows share-locked
+    until the caller's transaction ends: neither overwritten nor deleted meanwhile.
+
+    A row another transaction is changing is waited for and read as it committed; the locked set
+    is then compared with a fresh read, so a file that appeared or went meanwhile is not missed:
+    the version gets the files exactly as they were at one moment.
+    """
+    low, high = artifacts.under(key)
+    listing = ("SELECT substr(path, %s), blob_id FROM pgm_artifacts WHERE path >= %s AND path < %s"
+               " ORDER BY path")
+    params = (len(low) + 1, low, high)
+    for _ in range(_LOCK_ATTEMPTS):
+        locked = conn.execute(listing + " FOR SHARE", params).fetchall()
+        if conn.execute(listing, params).fetchall() == locked:
+            break
+    else:
+        raise MlflowException(f"The files of {source!r} kept changing while they were being registered "
+                              "(a concurrent upload to the same path); nothing was registered. Try again once "
+                              "the upload is done.", error_code=TEMPORARILY_UNAVAILABLE)
+    info = dict((r[0], r[1:]) for r in conn.execute(
+        "SELECT id, size_bytes, crc32, sha256 FROM pgm_blobs WHERE id = ANY(%s)", ([b for _, b in locked],)))
+    return [(path, blob_id, *info[blob_id]) for path, blob_id in locked]
+
+
 class _NoArtifacts(Exception):
     """No artifact below the key: the source's files are elsewhere."""
 
 
+# Whether the pieces of blob b (joined to f.blob_id) still have the SHA-256 recorded at upload;
+# one file's bytes in memory at a time.
+_INTACT = ("encode(sha256(coalesce((SELECT string_agg(p.data, ''::bytea ORDER BY p.seq) FROM pgm_blob_pieces p"
+           " WHERE p.blob_id = f.blob_id), ''::bytea)), 'hex') = b.sha256")
+
+
 def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str, str],
                           members: list[stored_zip.Member], blob_ids: list[int]) -> None:
-    """Insert the row with ``model_binary`` = the zip of the blobs, put together by PostgreSQL."""
+    """Insert the row with ``model_binary`` = the zip of the blobs, put together by PostgreSQL.
+
+    Each file's pieces are checked against the SHA-256 recorded at upload: DATA_LOSS, and no row,
+    when one is damaged or missing.
+    """
     values = new.row(version, columns)
-    expected = stored_zip.zip_size(members)
-    got = conn.execute(
+    inserted = conn.execute(
         "WITH files AS (SELECT * FROM unnest(%s::bytea[], %s::bigint[]) WITH ORDINALITY AS f(header, blob_id, i)),"
         " parts AS (SELECT i, -1 AS seq, header AS data FROM files"
         "  UNION ALL SELECT f.i, p.seq, p.data FROM files f JOIN pgm_blob_pieces p ON p.blob_id = f.blob_id"
         "  UNION ALL SELECT %s::bigint, -1, %s::bytea),"
-        " zip AS (SELECT string_agg(data, ''::bytea ORDER BY i, seq) AS z FROM parts)"
+        " zip AS (SELECT string_agg(data, ''::bytea ORDER BY i, seq) AS z FROM parts),"
+        f" intact AS (SELECT bool_and({_INTACT}) AND count(*) = %s AS ok FROM files f JOIN pgm_blobs b ON b.id = f.blob_id)"
         f" INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
         f" SELECT {', '.join(['%s'] * len(_ROW_COLUMNS))}, z, 'mlflow-zip', encode(sha256(z), 'hex'), octet_length(z)"
-        " FROM zip RETURNING size_bytes",
+        " FROM zip, intact WHERE intact.ok RETURNING size_bytes",
         ([stored_zip.local_header(m) for m in members], blob_ids, len(members) + 1, stored_zip.trailer(members),
-         *[values[c] for c in _ROW_COLUMNS])).fetchone()[0]
-    if got != expected:  # a piece missing: refuse rather than register a truncated model
-        raise MlflowException(f"The files of {new.source!r} are incomplete in the database ({got} of {expected} "
-                              "bytes); nothing was registered. Log the model again.", error_code=DATA_LOSS)
+         len(members), *[values[c] for c in _ROW_COLUMNS])).fetchone()
+    if inserted is None:
+        damaged = [m.name for m, (ok,) in zip(members, conn.execute(
+            f"SELECT {_INTACT} FROM unnest(%s::bigint[]) WITH ORDINALITY AS f(blob_id, i)"
+            " LEFT JOIN pgm_blobs b ON b.id = f.blob_id ORDER BY f.i", (blob_ids,))) if not ok]
+        raise MlflowException(
+            f"The files of {new.source!r} are damaged in the database: {', '.join(damaged) or 'a file'} no longer "
+            "match the SHA-256 recorded when they were logged. Nothing was registered. Log the model again "
+            "(or restore the database from a backup).", error_code=DATA_LOSS)
+    if inserted[0] != stored_zip.zip_size(members):
+        raise MlflowException(f"The files of {new.source!r} are incomplete in the database ({inserted[0]} of "
+                              f"{stored_zip.zip_size(members)} bytes); nothing was registered. Log the model "
+                              "again.", error_code=DATA_LOSS)
 
 
 def _files_upload_writer(new: NewVersion, files: list[tuple[str, str, int]]) -> Callable:

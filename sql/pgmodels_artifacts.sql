@@ -53,23 +53,102 @@ CREATE INDEX IF NOT EXISTS pgm_version_files_blob_idx ON pgm_version_files (blob
 -- A blob nobody references any more is deleted with its pieces: when an artifact is deleted or
 -- overwritten (mlflow gc, log_artifact to the same path) or a version is deleted. A version
 -- made from a LoggedModel keeps the blobs its run's deletion would otherwise free.
-CREATE OR REPLACE FUNCTION pgm_drop_orphan_blob() RETURNS trigger AS $$
+-- The blobs are locked (in id order, so two deleters cannot deadlock) before their references
+-- are counted: of two transactions dropping the last two references to one blob at once (a
+-- 'files' version and its run's files), the second waits for the first and then sees its delete
+-- (each statement of a READ COMMITTED function takes a new snapshot), so one of them frees it.
+CREATE OR REPLACE FUNCTION pgm_drop_orphan_blobs() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.blob_id = OLD.blob_id THEN
-        RETURN NULL;
-    END IF;
-    DELETE FROM pgm_blobs b WHERE b.id = OLD.blob_id
-        AND NOT EXISTS (SELECT 1 FROM pgm_artifacts a WHERE a.blob_id = OLD.blob_id)
-        AND NOT EXISTS (SELECT 1 FROM pgm_version_files f WHERE f.blob_id = OLD.blob_id);
+    PERFORM 1 FROM pgm_blobs b WHERE b.id IN (SELECT blob_id FROM old_rows) ORDER BY b.id FOR UPDATE;
+    DELETE FROM pgm_blobs b WHERE b.id IN (SELECT blob_id FROM old_rows)
+        AND NOT EXISTS (SELECT 1 FROM pgm_artifacts a WHERE a.blob_id = b.id)
+        AND NOT EXISTS (SELECT 1 FROM pgm_version_files f WHERE f.blob_id = b.id);
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 DROP TRIGGER IF EXISTS pgm_artifacts_drop_orphan_blob ON pgm_artifacts;
-CREATE TRIGGER pgm_artifacts_drop_orphan_blob AFTER DELETE OR UPDATE OF blob_id ON pgm_artifacts
-    FOR EACH ROW EXECUTE FUNCTION pgm_drop_orphan_blob();
 DROP TRIGGER IF EXISTS pgm_version_files_drop_orphan_blob ON pgm_version_files;
-CREATE TRIGGER pgm_version_files_drop_orphan_blob AFTER DELETE ON pgm_version_files
-    FOR EACH ROW EXECUTE FUNCTION pgm_drop_orphan_blob();
+DROP FUNCTION IF EXISTS pgm_drop_orphan_blob();
+DROP TRIGGER IF EXISTS pgm_artifacts_delete_drops_orphans ON pgm_artifacts;
+CREATE TRIGGER pgm_artifacts_delete_drops_orphans AFTER DELETE ON pgm_artifacts
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgm_drop_orphan_blobs();
+DROP TRIGGER IF EXISTS pgm_artifacts_update_drops_orphans ON pgm_artifacts;
+CREATE TRIGGER pgm_artifacts_update_drops_orphans AFTER UPDATE ON pgm_artifacts
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgm_drop_orphan_blobs();
+DROP TRIGGER IF EXISTS pgm_version_files_delete_drops_orphans ON pgm_version_files;
+CREATE TRIGGER pgm_version_files_delete_drops_orphans AFTER DELETE ON pgm_version_files
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgm_drop_orphan_blobs();
 
-UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 4);
+-- Blobs referenced by nothing: none, unless a release before schema version 5 leaked them.
+CREATE OR REPLACE FUNCTION pgm_orphan_blob_count() RETURNS BIGINT AS $$
+    SELECT count(*) FROM pgm_blobs b
+    WHERE NOT EXISTS (SELECT 1 FROM pgm_artifacts a WHERE a.blob_id = b.id)
+      AND NOT EXISTS (SELECT 1 FROM pgm_version_files f WHERE f.blob_id = b.id)
+$$ LANGUAGE sql STABLE;
+
+-- Deletes the blobs referenced by nothing (run by mlflow gc); returns how many went. A blob
+-- being referenced right now is locked by that transaction's foreign key check and skipped;
+-- the others are locked first, so nothing can start referencing them while they are deleted.
+CREATE OR REPLACE FUNCTION pgm_sweep_orphan_blobs() RETURNS BIGINT AS $$
+DECLARE
+    candidates BIGINT[];
+    gone BIGINT;
+BEGIN
+    SELECT coalesce(array_agg(id), '{}') INTO candidates FROM (
+        SELECT b.id FROM pgm_blobs b
+        WHERE NOT EXISTS (SELECT 1 FROM pgm_artifacts a WHERE a.blob_id = b.id)
+          AND NOT EXISTS (SELECT 1 FROM pgm_version_files f WHERE f.blob_id = b.id)
+        ORDER BY b.id FOR UPDATE SKIP LOCKED) c;
+    DELETE FROM pgm_blobs b WHERE b.id = ANY (candidates)
+        AND NOT EXISTS (SELECT 1 FROM pgm_artifacts a WHERE a.blob_id = b.id)
+        AND NOT EXISTS (SELECT 1 FROM pgm_version_files f WHERE f.blob_id = b.id);
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN gone;
+END
+$$ LANGUAGE plpgsql;
+
+-- A path is a file or a directory, never both (as on a file system): a new artifact may not lie
+-- below a file ('fd/a' stored, 'fd/a/b' refused) nor be a directory that has files ('fd/a/b'
+-- stored, 'fd/a' refused). SQLSTATE PGM01 names the clash. Writers of one area serialize on
+-- advisory locks taken before the check and held until commit, so two concurrent writers cannot
+-- both pass it: any two clashing paths share their first three components, or the shorter one
+-- has fewer and its writer takes exclusively the lock the other takes shared.
+CREATE OR REPLACE FUNCTION pgm_artifact_path_check() RETURNS trigger AS $$
+DECLARE
+    parts TEXT[] := string_to_array(NEW.path, '/');
+    n INTEGER := cardinality(parts);
+    found TEXT;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.path = OLD.path THEN
+        RETURN NEW;
+    END IF;
+    FOR i IN 1 .. least(n, 3) LOOP
+        IF i = least(n, 3) THEN
+            PERFORM pg_advisory_xact_lock(1885826413, hashtext(array_to_string(parts[1:i], '/')));
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(1885826413, hashtext(array_to_string(parts[1:i], '/')));
+        END IF;
+    END LOOP;
+    SELECT a.path INTO found FROM pgm_artifacts a
+        WHERE a.path = ANY (ARRAY(SELECT array_to_string(parts[1:i], '/') FROM generate_series(1, n - 1) i))
+        LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PGM01', MESSAGE = 'artifact path clash', DETAIL = NEW.path,
+            HINT = found || ' is a file';
+    END IF;
+    SELECT a.path INTO found FROM pgm_artifacts a
+        WHERE a.path >= NEW.path || '/' AND a.path < NEW.path || '0' LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PGM01', MESSAGE = 'artifact path clash', DETAIL = NEW.path,
+            HINT = NEW.path || ' is a directory holding ' || found;
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS pgm_artifacts_path_check ON pgm_artifacts;
+CREATE TRIGGER pgm_artifacts_path_check BEFORE INSERT OR UPDATE OF path ON pgm_artifacts
+    FOR EACH ROW EXECUTE FUNCTION pgm_artifact_path_check();
+
+UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);

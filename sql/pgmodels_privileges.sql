@@ -6,8 +6,10 @@
 -- Those that write history run as the owner only inside a trigger, so a history row (and the
 -- webhook it fans out to) is only ever written by the change it records. PostgreSQL grants
 -- EXECUTE on a new function to PUBLIC, and ALTER DEFAULT PRIVILEGES may grant it to others:
--- both are revoked here, from every role but the owner. pgm_model_history(name) stays open to
--- all: it runs with the caller's rights (reading it needs SELECT on pgm_history).
+-- both are revoked here, from every role but the owner. Three stay open to all, running with the
+-- caller's rights: pgm_model_history(name) (reading it needs SELECT on pgm_history), and
+-- pgm_orphan_blob_count() / pgm_sweep_orphan_blobs() (mlflow gc as the writer role; deleting
+-- blobs needs DELETE on pgm_blobs).
 DO $$
 DECLARE
     f REGPROCEDURE;
@@ -15,7 +17,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'pgm\_%'
-               AND p.proname <> 'pgm_model_history' LOOP
+               AND p.proname NOT IN ('pgm_model_history', 'pgm_orphan_blob_count', 'pgm_sweep_orphan_blobs') LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
         FOR grantee IN SELECT DISTINCT a.grantee::regrole::text
                        FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a

@@ -98,3 +98,23 @@ def test_gc_of_a_deleted_experiment_removes_every_file_below_its_root(client, db
     assert mlflow.artifacts.load_text(f"runs:/{kept.info.run_id}/notes.txt") == "slope 5.0"
     version = mlflow.pyfunc.load_model("models:/churn/1")
     assert version.predict(sample.X[:1])[0] == pytest.approx(3.0 * sample.X[0, 0])
+
+
+@pytest.mark.parametrize("spelling", ["{}/shared/", "{}//shared", "{}/./shared"])
+def test_gc_of_an_experiment_keeps_an_inner_experiment_however_its_root_is_spelled(client, db, spelling):
+    """Issue 18: a root written with a trailing slash, '//' or './' lost its files before the fix."""
+    doomed_id = mlflow.create_experiment("outer")
+    inner_id = mlflow.create_experiment("inner", artifact_location="pgmodels-artifacts:/" + spelling.format(doomed_id))
+    with mlflow.start_run(experiment_id=inner_id) as inner:
+        mlflow.log_text("mine", "notes.txt")
+    with mlflow.start_run(experiment_id=doomed_id):
+        mlflow.log_text("doomed", "notes.txt")
+    assert _files(db, f"{doomed_id}/shared") == 1
+
+    client.delete_experiment(doomed_id)
+    out = _gc(db, db.uri)
+
+    assert f"Experiment with ID {doomed_id} has been permanently deleted" in out
+    assert _files(db, doomed_id) == _files(db, f"{doomed_id}/shared") == 1
+    assert mlflow.artifacts.load_text(f"runs:/{inner.info.run_id}/notes.txt") == "mine"
+    assert _orphan_blobs(db) == 0

@@ -132,6 +132,17 @@ def test_a_real_change_by_the_writer_is_still_recorded_and_fanned_out(db):
     assert db.sql("SELECT event FROM pgm_webhook_deliveries") == [("model_version_alias.created",)]
 
 
+def test_the_writer_counts_and_sweeps_orphan_blobs_as_mlflow_gc_does(db):
+    # the blob sweeper is the one maintenance function a non-owner runs (mlflow gc as the server's role)
+    db.sql("INSERT INTO pgm_blobs (size_bytes, sha256, crc32) VALUES (0, repeat('0', 64), 0)")
+    writer_user, password = db.login_role("pgmodels_writer")
+    with psycopg.connect(db.server.tcp_uri(db.name, writer_user, password, scheme="postgresql"),
+                         autocommit=True) as conn:
+        assert conn.execute("SELECT pgm_orphan_blob_count()").fetchone()[0] == 1
+        assert conn.execute("SELECT pgm_sweep_orphan_blobs()").fetchone()[0] == 1
+    assert db.sql("SELECT pgm_orphan_blob_count()") == [(0,)]
+
+
 def _upgrade_from_version_4(db) -> None:
     """The database as version 4 left it (recording functions open to everyone, the reader on
     every table), then upgraded by the package, without re-running sql/roles.sql."""
