@@ -222,3 +222,30 @@ def test_live_model_with_a_standby_serves_every_change_of_another_client(pair, m
         pair.sql(pair.standby, "ALTER SYSTEM RESET recovery_min_apply_delay")
         pair.sql(pair.standby, "SELECT pg_reload_conf()")
         pair.wait_replayed()
+
+
+# ---------------------------------------------------------------------- a seed-era table on a standby
+def test_a_seed_era_table_read_through_a_standby(pair, monkeypatch):
+    """A predict job given only the standby reads the seed's table as it is; one with the primary
+    upgrades it there first, then reads from the standby."""
+    from tests.conftest import Database
+    from tests.test_seed_era import make_seed_era, slope_of
+
+    pair.sql(pair.primary, "CREATE DATABASE seed")
+    try:
+        make_seed_era(Database(pair.primary, "seed"))
+        pair.wait_replayed()
+        on = {s: f"pgmodels://postgres@/seed?host={s.socket_dir}&port={s.port}" for s in (pair.primary, pair.standby)}
+
+        model, version = helpers.load_model_from_db("legacy", "ev_old", "regression", uri=on[pair.standby])
+        assert (version, slope_of(model)) == (2, pytest.approx(2.0))
+        mlflow.set_registry_uri(on[pair.standby])
+        assert slope_of(mlflow.pyfunc.load_model("models:/legacy/1")) == pytest.approx(1.0)
+        with pytest.raises(MlflowException, match="db upgrade"):
+            MlflowClient(registry_uri=on[pair.standby]).set_registered_model_alias("legacy", "champion", 2)
+
+        monkeypatch.setenv(READ_URI_ENV, on[pair.standby])
+        assert helpers.get_latest_model_version("legacy", "ev_old", "regression", uri=on[pair.primary]) == 2
+        assert Database(pair.primary, "seed").sql("SELECT to_regclass('pgm_schema_info') IS NOT NULL") == [(True,)]
+    finally:
+        pair.sql(pair.primary, "DROP DATABASE seed WITH (FORCE)")
