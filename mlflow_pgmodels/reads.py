@@ -40,7 +40,7 @@ SEED_ERA_TABLES = """models AS NOT MATERIALIZED (
   pgm_aliases AS (SELECT NULL::varchar(255) AS name, NULL::varchar(255) AS alias,
                          NULL::integer AS version WHERE false),
   pgm_version_files AS (SELECT NULL::varchar(255) AS name, NULL::integer AS version,
-                               NULL::text AS path, NULL::bigint AS blob_id WHERE false)"""
+                               NULL::text AS path, NULL::bigint AS blob_id, NULL::bigint AS size_bytes WHERE false)"""
 
 _SELECT = re.compile(r"\s*(SELECT\b|WITH\s+(RECURSIVE\s+)?)", re.IGNORECASE)
 

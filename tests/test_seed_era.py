@@ -1,6 +1,6 @@
 """A database made by the seed's own DDL (the ``models`` table and nothing else, raw joblib bytes in
 ``model_binary``), met for the first time by each entry point: upgraded where the role may, read as
-it is where it may not (a reader role, a hot standby)."""
+it is where it may not (a reader role, a hot standby). Also an older pgmodels schema met by a reader."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
+from mlflow_pgmodels.schema import SCHEMA_VERSION
 from tests import sample
 from tests.conftest import ROOT
 from tests.mlflow_server import mlflow_server, run_client
@@ -141,3 +142,15 @@ def test_mlflow_server_with_a_reader_role_serves_a_seed_era_table(seed_db, reade
     assert float(slope) == pytest.approx(2.0)
     assert versions == "['3', '2', '1']"  # as MLflow's REST client returns them
     assert tables(seed_db) == {"models"}
+
+
+def test_a_reader_reads_an_older_pgmodels_schema_it_may_not_upgrade(client, db, tmp_path):
+    """A predict job that connects before the owner ran `db upgrade` after a release bumped the schema."""
+    client.create_registered_model("churn")
+    client.create_model_version("churn", sample.saved(tmp_path / "m"), tags={"event": "cpi"})
+    db.sql("UPDATE pgm_schema_info SET schema_version = schema_version - 1")
+    reader = db.tcp_uri(*db.login_role("pgmodels_reader"))
+
+    assert helpers.get_latest_model_version("churn", "cpi", "unspecified", uri=reader) == 1
+    assert [mv.version for mv in MlflowClient(registry_uri=reader).get_latest_versions("churn")] == [1]
+    assert db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION - 1,)]
