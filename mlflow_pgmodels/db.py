@@ -250,6 +250,15 @@ _seen: dict[str, int] = {}  # store URI -> the highest WAL position this process
 _seen_lock = threading.Lock()
 
 
+def catch_up(uri: str) -> None:
+    """Make this process's later reads of ``uri`` see all the primary has committed by now, other
+    clients' commits included: a standby serves them only once it has replayed that far (see
+    :func:`read_connection`)."""
+    if os.environ.get(READ_URI_ENV):
+        with connection(uri, "read the primary's WAL position"):
+            pass  # connection() remembers the position it saw
+
+
 def _position(conn: psycopg.Connection) -> int:
     """The WAL position of what ``conn`` sees: replayed on a standby, written on a primary."""
     lsn = conn.execute("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"

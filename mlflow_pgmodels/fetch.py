@@ -13,8 +13,8 @@ from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import archive, cache, pieces
 from mlflow_pgmodels.blobs import read_blob
-from mlflow_pgmodels.db import read_connection
 from mlflow_pgmodels.entities import version_not_found
+from mlflow_pgmodels.reads import read_connection
 from mlflow_pgmodels.schema import ensure_schema
 
 # Files that exist only for the REST path (``/model-versions/get-artifact``): a version's archive

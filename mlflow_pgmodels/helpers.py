@@ -29,7 +29,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels.uri import resolve_uri
-from mlflow_pgmodels.db import connection, read_connection
+from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.reads import read_connection
 from mlflow_pgmodels.entities import ACTIVE_SQL
 from mlflow_pgmodels.search import latest_active_version
 from mlflow_pgmodels.uri import redact

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels.db import connection
-from mlflow_pgmodels.schema import ensure_schema
+from mlflow_pgmodels.schema import ensure_schema, read_as_found, seed_era_is_read_only
 
 CHANNEL = "pgmodels_changes"
 _COLUMNS = "id, at, txid::text, db_user, mlflow_user, name, version, action, old, new"
@@ -132,6 +132,8 @@ def model_history(uri: str, name: str, version: int | None = None, since: str | 
     RESOURCE_DOES_NOT_EXIST.
     """
     ensure_schema(uri)
+    if read_as_found(uri):
+        raise seed_era_is_read_only(f"read the change history of '{name}' (none is recorded yet)", uri)
     with connection(uri, f"read the change history of '{name}'") as conn:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM pgm_model_history(%s) ORDER BY at DESC, id DESC", (name,)).fetchall()
         if not rows:

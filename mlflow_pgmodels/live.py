@@ -10,6 +10,9 @@ completely before swapping it in. A version that fails to load leaves the old on
 (``last_error`` says why). When the connection is lost (a database restart) it reconnects with
 backoff, LISTENs again, and only then resolves the URI once more: every change committed after
 that LISTEN is notified, every change before it is seen by that resolve, so none is missed.
+With a read standby (MLFLOW_PGMODELS_READ_URI) each resolve after a notification reads what the
+primary had committed when the notification arrived: from the standby once it has replayed that
+far (MLFLOW_PGMODELS_READ_WAIT at most), else from the primary.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.store.artifact.utils.models import _parse_model_uri
 
-from mlflow_pgmodels.db import require_session, translate_errors
+from mlflow_pgmodels.db import catch_up, require_session, translate_errors
 from mlflow_pgmodels.fetch import DatabaseSource
 from mlflow_pgmodels.history import CHANNEL, parse_notification
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
@@ -145,6 +148,9 @@ class LiveModel:
         with self._lock:
             mv = None
             try:
+                # what the URI means on the primary now, even when reads go to a standby: the change
+                # notified is another client's commit, which the standby may not have replayed yet
+                catch_up(self.uri)
                 mv = self._resolve()
                 current = self._current[1] if self._current else None
                 if current is not None and (current.name, str(current.version)) == (mv.name, str(mv.version)):

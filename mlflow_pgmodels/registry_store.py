@@ -39,7 +39,8 @@ from mlflow.utils.validation import (
 
 from mlflow_pgmodels import actor, column_tags, search, sources, versions
 from mlflow_pgmodels.arguments import blank as _blank, name as _name, tags as _tags, version as _version
-from mlflow_pgmodels.db import connection, read_connection
+from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.reads import read_connection
 from mlflow_pgmodels.entities import (
     ACTIVE_SQL,
     MV_COLUMNS,
@@ -50,7 +51,7 @@ from mlflow_pgmodels.entities import (
     registered_model,
     version_not_found,
 )
-from mlflow_pgmodels.schema import ensure_schema
+from mlflow_pgmodels.schema import ensure_schema, read_as_found, seed_era_is_read_only
 from mlflow_pgmodels.settings import refuse_workspaces
 from mlflow_pgmodels.uri import download_uri, redact, to_conninfo
 from mlflow_pgmodels.webhooks import WebhookStoreMixin
@@ -70,12 +71,15 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         return f"PgModelsRegistryStore({redact(self.store_uri)!r})"
 
     def _read(self, what: str):
-        """A connection for reads: a hot standby's when MLFLOW_PGMODELS_READ_URI names one (db.read_connection)."""
+        """A connection for reads: a hot standby's when MLFLOW_PGMODELS_READ_URI names one (db.read_connection);
+        a seed-era table the role may not upgrade is read as it is (reads.py)."""
         return read_connection(self.store_uri, what)
 
     @contextlib.contextmanager
     def _write(self, what: str):
         """A connection in a transaction that names the MLflow user for the history."""
+        if read_as_found(self.store_uri):
+            raise seed_era_is_read_only(what, self.store_uri)
         with connection(self.store_uri, what) as conn, conn.transaction():
             actor.mark(conn)
             yield conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import psycopg
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
 from psycopg import errors as pg_errors
 
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.settings import positive_number
+from mlflow_pgmodels.uri import redact
 
 SCHEMA_VERSION = 5
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
@@ -29,6 +31,8 @@ DEFAULT_LOCK_TIMEOUT = 5.0  # seconds an upgrade waits for a table lock before g
 
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
+_as_found: set[str] = set()  # URIs whose seed-era models table is read as it is (see ensure_schema)
+_log = logging.getLogger(__name__)
 
 
 def sql_dir() -> Path:
@@ -119,7 +123,12 @@ def _lock_timeout_error(conn: psycopg.Connection, before: int | None, waited: fl
 
 
 def ensure_schema(uri: str) -> None:
-    """Create the schema on first use of a database (once per process and URI)."""
+    """Create or upgrade the schema on first use of a database (once per process and URI).
+
+    A role that may not (no DDL rights, a hot standby) leaves it as it is: a seed-era ``models``
+    table is then read as it is (:func:`read_as_found`), an older pgmodels schema as it stands;
+    writes need the upgrade, which the table's owner runs (``mlflow-pgmodels db upgrade``).
+    """
     if uri in _ready:
         return
     with _ready_lock:
@@ -128,5 +137,39 @@ def ensure_schema(uri: str) -> None:
         with connection(uri, "create the pgmodels schema") as conn:
             version = installed_version(conn)
             if version is None or version < SCHEMA_VERSION:
-                upgrade(conn)
+                try:
+                    upgrade(conn)
+                except (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction) as e:
+                    if version is None and not _seed_table_exists(conn):
+                        raise
+                    _read_as_it_is(uri, version, e)
         _ready.add(uri)
+
+
+def read_as_found(uri: str) -> bool:
+    """Whether ``uri``'s database has the seed's ``models`` table only, which this role may not upgrade."""
+    return uri in _as_found
+
+
+def seed_era_is_read_only(what: str, uri: str) -> MlflowException:
+    """The error for a change asked of a seed-era table read as it is."""
+    return MlflowException(
+        f"Cannot {what}: {redact(uri)} has the seed's models table without the pgmodels schema, and this "
+        "connection may not add it (no DDL rights, or a hot standby), so the table is read as it is. "
+        "Run `mlflow-pgmodels db upgrade` once as the table's owner on the primary.",
+        error_code=PERMISSION_DENIED)
+
+
+def _seed_table_exists(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('models') IS NOT NULL").fetchone()[0]
+
+
+def _read_as_it_is(uri: str, version: int | None, error: psycopg.Error) -> None:
+    if version is None:
+        _as_found.add(uri)
+    what = "the seed's models table" if version is None else f"pgmodels schema version {version}"
+    _log.warning(
+        "%s cannot be upgraded to pgmodels schema version %s by this connection (%s): reading it as it "
+        "is. Versions load (by number and latest); registering, stages, tags and aliases need the "
+        "upgrade: run `mlflow-pgmodels db upgrade` once as the table's owner, on the primary.",
+        f"{what} in {redact(uri)}", SCHEMA_VERSION, " ".join(str(error).split()))

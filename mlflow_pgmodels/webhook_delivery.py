@@ -8,16 +8,23 @@ send them signed as MLflow does, and record the outcome; failures are retried wi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
 import requests
+import requests.adapters
+from psycopg.rows import dict_row
 from cryptography.fernet import InvalidToken
 from mlflow.entities.webhook import Webhook, WebhookEvent, WebhookStatus
 from mlflow.environment_variables import (
@@ -103,17 +110,17 @@ def decrypt_secret(stored: str | None, webhook_id: str) -> str | None:
 WEBHOOK_COLUMNS = """w.webhook_id, w.name, w.url, w.description, w.status, w.secret,
     w.creation_timestamp, w.last_updated_timestamp,
     (SELECT json_agg(json_build_array(e.entity, e.action) ORDER BY e.position, e.entity, e.action)
-       FROM pgm_webhook_events e WHERE e.webhook_id = w.webhook_id)"""
+       FROM pgm_webhook_events e WHERE e.webhook_id = w.webhook_id) AS events"""
 
 
-def to_webhook(row: tuple) -> Webhook:
-    """A Webhook entity from the columns of WEBHOOK_COLUMNS."""
-    webhook_id, name, url, description, status, secret, created, updated, events = row
+def to_webhook(row: Mapping[str, Any]) -> Webhook:
+    """A Webhook entity from a row of WEBHOOK_COLUMNS read by name (``psycopg.rows.dict_row``)."""
     return Webhook(
-        webhook_id=webhook_id, name=name, url=url,
-        events=[WebhookEvent(entity, action) for entity, action in events or []],
-        creation_timestamp=created, last_updated_timestamp=updated, description=description,
-        status=WebhookStatus(status), secret=decrypt_secret(secret, webhook_id),
+        webhook_id=row["webhook_id"], name=row["name"], url=row["url"],
+        events=[WebhookEvent(entity, action) for entity, action in row["events"] or []],
+        creation_timestamp=row["creation_timestamp"], last_updated_timestamp=row["last_updated_timestamp"],
+        description=row["description"], status=WebhookStatus(row["status"]),
+        secret=decrypt_secret(row["secret"], row["webhook_id"]),
     )
 
 
@@ -180,6 +187,7 @@ def new_session() -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # a proxy would make the checked peer the proxy (as in MLflow)
     adapter = SSRFProtectedHTTPAdapter(max_retries=0)
+    _with_deadlines(adapter)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -197,23 +205,159 @@ def send(webhook: Webhook, entity: str, action: str, data: dict, at: datetime, d
     if webhook.secret:
         headers[WEBHOOK_SIGNATURE_HEADER] = _generate_hmac_signature(
             webhook.secret, delivery_id, timestamp, body)
-    return session.post(webhook.url, data=body.encode("utf-8"), headers=headers,
-                        timeout=MLFLOW_WEBHOOK_REQUEST_TIMEOUT.get())
+    timeout = request_timeout()
+    with _Deadline(timeout) as deadline:
+        try:
+            return session.post(webhook.url, data=body.encode("utf-8"), headers=headers, timeout=timeout)
+        except requests.RequestException as e:
+            if deadline.expired:
+                raise requests.Timeout(
+                    f"no complete answer within {timeout:g} s (MLFLOW_WEBHOOK_REQUEST_TIMEOUT, the time "
+                    "allowed for the whole request)") from e
+            raise
+
+
+def request_timeout() -> float:
+    """Seconds one webhook request may take in all, connecting to the last byte of the answer
+    (MLFLOW_WEBHOOK_REQUEST_TIMEOUT): a receiver that trickles its answer is cut off then."""
+    return float(MLFLOW_WEBHOOK_REQUEST_TIMEOUT.get())
+
+
+_deadlines = threading.local()  # the _Deadline of the request this thread is sending, if any
+
+
+class _Deadline:
+    """Cuts off the connections of one request once its time is up.
+
+    requests' own timeout bounds each read, not the request: a receiver answering a byte at a
+    time would hold it for ever. The connections of the session register their sockets here
+    (``_with_deadlines``), and a timer shuts them down at the deadline, which ends the request
+    with a connection error.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        _deadlines.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _deadlines.current = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed already
+        pass
+
+
+def _watched(sock: socket.socket | None) -> None:
+    deadline = getattr(_deadlines, "current", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+@functools.cache
+def _deadline_pool(pool_class: type) -> type:
+    """``pool_class`` (a urllib3 connection pool) whose connections register their sockets with the
+    deadline of the request being sent (for a new connection and a reused one alike)."""
+    base = pool_class.ConnectionCls
+
+    class DeadlineConnection(base):
+        def connect(self) -> None:
+            super().connect()
+            _watched(self.sock)
+
+        def request(self, *args, **kwargs):
+            _watched(self.sock)
+            return super().request(*args, **kwargs)
+
+    return type(f"Deadline{pool_class.__name__}", (pool_class,), {"ConnectionCls": DeadlineConnection})
+
+
+def _with_deadlines(adapter: requests.adapters.HTTPAdapter) -> None:
+    manager = adapter.poolmanager
+    manager.pool_classes_by_scheme = {scheme: _deadline_pool(cls)
+                                      for scheme, cls in manager.pool_classes_by_scheme.items()}
 
 
 # ---------------------------------------------------------------------------------- dispatching
-_CLAIM = f"""
-SELECT d.id, d.event, d.attempts, d.delivery_id::text, w.status = 'ACTIVE' AND w.deleted_timestamp IS NULL,
-       h.at, h.txid::text, h.name, h.version, h.action, h.old, h.new, h.db_user, h.mlflow_user,
+_HISTORY_KEYS = ("at", "txid", "name", "version", "action", "old", "new", "db_user", "mlflow_user")
+# prefixed: the webhook's columns have names of their own (name)
+_HISTORY_COLUMNS = ", ".join(f"h.{key}{'::text' if key == 'txid' else ''} AS history_{key}" for key in _HISTORY_KEYS)
+# A claim leases one due delivery: a short transaction that commits before the request is sent,
+# so no transaction (and no pooled connection) stays open while a receiver answers. Not one whose
+# receiver (URL) has a request in flight: a slow receiver holds up its own deliveries only. An
+# expired lease (its dispatcher died) is claimed again. The attempt is counted at the claim, and
+# only the holder of that attempt's lease records its outcome.
+_CLAIM = """
+UPDATE pgm_webhook_deliveries d
+   SET attempts = d.attempts + 1, leased_until = clock_timestamp() + make_interval(secs => %(lease)s)
+ WHERE d.id = (
+       SELECT c.id FROM pgm_webhook_deliveries c JOIN pgm_webhooks w ON w.webhook_id = c.webhook_id
+        WHERE c.status = 'pending' AND c.next_attempt_at <= clock_timestamp()
+          AND (c.leased_until IS NULL OR c.leased_until < clock_timestamp())
+          AND NOT EXISTS (SELECT 1 FROM pgm_webhook_deliveries b JOIN pgm_webhooks bw ON bw.webhook_id = b.webhook_id
+                           WHERE b.status = 'pending' AND b.leased_until >= clock_timestamp() AND bw.url = w.url)
+        ORDER BY c.next_attempt_at, c.id
+        LIMIT 1
+          FOR UPDATE OF c SKIP LOCKED)
+RETURNING d.id"""
+_CLAIMED = f"""
+SELECT d.id AS delivery, d.event, d.attempts, d.delivery_id::text,
+       w.status = 'ACTIVE' AND w.deleted_timestamp IS NULL AS active,
+       {_HISTORY_COLUMNS},
        {WEBHOOK_COLUMNS}
   FROM pgm_webhook_deliveries d
   JOIN pgm_history h ON h.id = d.history_id
   JOIN pgm_webhooks w ON w.webhook_id = d.webhook_id
- WHERE d.status = 'pending' AND d.next_attempt_at <= clock_timestamp()
- ORDER BY d.next_attempt_at, d.id
- LIMIT 1
-   FOR UPDATE OF d SKIP LOCKED"""
-_HISTORY_KEYS = ("at", "txid", "name", "version", "action", "old", "new", "db_user", "mlflow_user")
+ WHERE d.id = %s"""
+# When the next delivery falls due: its retry time, the end of its own lease or of its receiver's.
+_NEXT_DUE = """
+SELECT extract(epoch FROM min(GREATEST(d.next_attempt_at, d.leased_until, (
+           SELECT max(b.leased_until) FROM pgm_webhook_deliveries b JOIN pgm_webhooks bw ON bw.webhook_id = b.webhook_id
+            WHERE b.status = 'pending' AND b.leased_until >= clock_timestamp() AND bw.url = w.url)))
+       - clock_timestamp())
+  FROM pgm_webhook_deliveries d JOIN pgm_webhooks w ON w.webhook_id = d.webhook_id
+ WHERE d.status = 'pending'"""
+# Seconds a lease outlives the longest request, so that only a dead dispatcher's lease expires.
+_LEASE_MARGIN = 60.0
+
+
+@dataclass
+class _Claim:
+    """A leased delivery, ready to send: its request, or why it cannot be sent."""
+
+    delivery: int
+    attempts: int  # this attempt's number
+    delivery_id: str
+    active: bool
+    at: datetime | None = None
+    webhook: Webhook | None = None
+    request: tuple[str, str, dict] | None = None  # entity, action, data
+    error: Exception | None = None
 
 
 class Dispatcher:
@@ -229,51 +373,66 @@ class Dispatcher:
 
     def deliver_one(self) -> bool:
         """Claim, send and record one due delivery; False when none is due."""
-        with connection(self.uri, "deliver webhooks") as conn, conn.transaction():
-            row = conn.execute(_CLAIM).fetchone()
-            if row is None:
-                return False
-            delivery, event, attempts, delivery_id, active = row[:5]
-            history = dict(zip(_HISTORY_KEYS, row[5:14]))
-            attempts += 1
-            if not active:
-                self._record(conn, delivery, "skipped", attempts - 1, None, "the webhook was deleted or disabled")
-                return True
-            try:
-                webhook = to_webhook(row[14:])
-                entity, action, data = build_payload(conn, event, history)
-                response = send(webhook, entity, action, data, history["at"], delivery_id, self._session)
-            except Exception as e:  # noqa: BLE001 - recorded on the row; only a receiver or key problem is retried
-                final = not isinstance(e, (requests.RequestException, MlflowException)) or (
-                    isinstance(e, MlflowException) and e.error_code == "INVALID_PARAMETER_VALUE")
-                self._retry_or_fail(conn, delivery, attempts, None, _describe(e), final)
-                return True
-            if response.status_code < 400:
-                self._record(conn, delivery, "delivered", attempts, response.status_code, None)
-            else:
-                self._retry_or_fail(conn, delivery, attempts, response.status_code,
-                                    f"HTTP {response.status_code}: {response.text[:500]}",
-                                    response.status_code not in RETRY_STATUS)
+        claim = self._claim()
+        if claim is None:
+            return False
+        if not claim.active:
+            self._record(claim, "skipped", claim.attempts - 1, None, "the webhook was deleted or disabled")
             return True
+        try:
+            if claim.error is not None:
+                raise claim.error
+            response = send(claim.webhook, *claim.request, claim.at, claim.delivery_id, self._session)
+        except Exception as e:  # noqa: BLE001 - recorded on the row; only a receiver or key problem is retried
+            final = not isinstance(e, (requests.RequestException, MlflowException)) or (
+                isinstance(e, MlflowException) and e.error_code == "INVALID_PARAMETER_VALUE")
+            self._retry_or_fail(claim, None, _describe(e), final)
+            return True
+        if response.status_code < 400:
+            self._record(claim, "delivered", claim.attempts, response.status_code, None)
+        else:
+            self._retry_or_fail(claim, response.status_code, f"HTTP {response.status_code}: {response.text[:500]}",
+                                response.status_code not in RETRY_STATUS)
+        return True
 
-    def _retry_or_fail(self, conn, delivery: int, attempts: int, status_code: int | None, error: str,
-                       final: bool) -> None:
-        if final or attempts >= max_attempts():
-            self._record(conn, delivery, "failed", attempts, status_code, error)
-            _logger.warning("webhook delivery %s failed after %s attempts: %s", delivery, attempts, error)
+    def _claim(self) -> _Claim | None:
+        """Lease the next due delivery and read what its request needs, in one short transaction."""
+        with connection(self.uri, "deliver webhooks") as conn, conn.transaction():
+            leased = conn.execute(_CLAIM, {"lease": request_timeout() + _LEASE_MARGIN}).fetchone()
+            if leased is None:
+                return None
+            row = conn.cursor(row_factory=dict_row).execute(_CLAIMED, leased).fetchone()
+            claim = _Claim(row["delivery"], row["attempts"], row["delivery_id"], row["active"], row["history_at"])
+            if claim.active:
+                try:
+                    claim.webhook = to_webhook(row)
+                    claim.request = build_payload(conn, row["event"], {k: row[f"history_{k}"] for k in _HISTORY_KEYS})
+                except Exception as e:  # noqa: BLE001 - recorded on the row after the claim commits
+                    claim.error = e
+            return claim
+
+    def _retry_or_fail(self, claim: _Claim, status_code: int | None, error: str, final: bool) -> None:
+        if final or claim.attempts >= max_attempts():
+            self._record(claim, "failed", claim.attempts, status_code, error)
+            _logger.warning("webhook delivery %s failed after %s attempts: %s", claim.delivery, claim.attempts, error)
             return
-        conn.execute(
-            "UPDATE pgm_webhook_deliveries SET attempts = %s, status_code = %s, last_error = %s, "
-            "next_attempt_at = clock_timestamp() + make_interval(secs => %s) WHERE id = %s",
-            (attempts, status_code, error, backoff_seconds(attempts), delivery))
+        self._record(claim, "pending", claim.attempts, status_code, error, retry_in=backoff_seconds(claim.attempts))
 
-    @staticmethod
-    def _record(conn, delivery: int, status: str, attempts: int, status_code: int | None,
-                error: str | None) -> None:
-        conn.execute(
-            "UPDATE pgm_webhook_deliveries SET status = %s, attempts = %s, status_code = %s, "
-            "last_error = %s, delivered_at = CASE WHEN %s = 'delivered' THEN clock_timestamp() END "
-            "WHERE id = %s", (status, attempts, status_code, error, status, delivery))
+    def _record(self, claim: _Claim, status: str, attempts: int, status_code: int | None, error: str | None,
+                retry_in: float = 0.0) -> None:
+        """End the lease with the outcome (unless the lease expired and another dispatcher took it over)."""
+        with connection(self.uri, "record a webhook delivery") as conn:
+            conn.execute(
+                "UPDATE pgm_webhook_deliveries SET status = %(status)s, attempts = %(attempts)s,"
+                " status_code = %(code)s, last_error = %(error)s, leased_until = NULL,"
+                " delivered_at = CASE WHEN %(delivered)s THEN clock_timestamp() END,"
+                " next_attempt_at = CASE WHEN %(retry)s"
+                "   THEN clock_timestamp() + make_interval(secs => %(retry_in)s) ELSE next_attempt_at END"
+                " WHERE id = %(id)s AND attempts = %(claimed)s AND status = 'pending'",
+                {"status": status, "attempts": attempts, "code": status_code, "error": error,
+                 "delivered": status == "delivered", "retry": status == "pending", "retry_in": retry_in,
+                 "id": claim.delivery, "claimed": claim.attempts})
+        self._wake.set()  # its receiver's next delivery can go now
 
     def deliver_due(self) -> int:
         """Deliver (or reschedule) everything due now, in this thread; the number of rows handled."""
@@ -325,9 +484,7 @@ class Dispatcher:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # whatever was missed while not listening
                     while not self._stop.is_set():
-                        due = conn.execute(
-                            "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp()) "
-                            "FROM pgm_webhook_deliveries WHERE status = 'pending'").fetchone()[0]
+                        due = conn.execute(_NEXT_DUE).fetchone()[0]
                         if due is not None and due <= 0:
                             self._wake.set()
                         wait = 2.0 if due is None else min(max(float(due), 0.05), 2.0)

@@ -19,6 +19,7 @@ from mlflow.store.entities.paged_list import PagedList
 from mlflow.utils.search_utils import SearchUtils
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import _validate_webhook_events, _validate_webhook_name, _validate_webhook_url
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.webhook_delivery import WEBHOOK_COLUMNS, encrypt_secret, start_in_background, to_webhook
@@ -121,7 +122,7 @@ class WebhookStoreMixin:
     # ------------------------------------------------------------------------------ helpers
     @staticmethod
     def _webhook(conn, webhook_id: str) -> Webhook:
-        row = conn.execute(f"SELECT {WEBHOOK_COLUMNS} FROM pgm_webhooks w "
+        row = conn.cursor(row_factory=dict_row).execute(f"SELECT {WEBHOOK_COLUMNS} FROM pgm_webhooks w "
                            "WHERE w.webhook_id = %s AND w.deleted_timestamp IS NULL", (webhook_id,)).fetchone()
         return to_webhook(row) if row else _not_found(webhook_id)
 
@@ -132,7 +133,7 @@ class WebhookStoreMixin:
             raise MlflowException("max_results must be between 1 and 1000.", INVALID_PARAMETER_VALUE)
         offset = SearchUtils.parse_start_offset_from_page_token(page_token) if page_token else 0
         with self._webhook_conn("list webhooks") as conn:
-            rows = conn.execute(
+            rows = conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {WEBHOOK_COLUMNS} FROM pgm_webhooks w WHERE w.deleted_timestamp IS NULL {where} "
                 "ORDER BY w.creation_timestamp DESC, w.webhook_id LIMIT %s OFFSET %s",
                 (*params, max_results + 1, offset)).fetchall()

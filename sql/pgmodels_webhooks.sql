@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS pgm_webhook_deliveries (
 CREATE INDEX IF NOT EXISTS pgm_webhook_deliveries_due_idx ON pgm_webhook_deliveries (next_attempt_at, id)
     WHERE status = 'pending';
 
+-- Schema version 5: a dispatcher leases the delivery it sends (committed before the request goes
+-- out, so no transaction stays open while a receiver answers) and records the outcome in another
+-- short transaction; a lease that expired (its dispatcher died) is claimed again.
+ALTER TABLE pgm_webhook_deliveries ADD COLUMN IF NOT EXISTS leased_until TIMESTAMPTZ;
+CREATE INDEX IF NOT EXISTS pgm_webhook_deliveries_leased_idx ON pgm_webhook_deliveries (webhook_id, leased_until)
+    WHERE status = 'pending' AND leased_until IS NOT NULL;
+
 -- The webhook event of one history row: MLflow's mapping (a model tagged
 -- mlflow.prompt.is_prompt=true is a prompt), NULL when MLflow has no event for the change.
 -- Tags written in the transaction that created the model or version travel in the "created"
@@ -137,3 +144,5 @@ BEGIN
 END $$;
 
 REVOKE ALL ON FUNCTION pgm_webhooks_fan_out() FROM PUBLIC;
+
+UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);

@@ -171,3 +171,81 @@ def _failover(pair: Pair, tmp_path) -> None:
     assert set(registered) <= set(in_db)
     for version, slope in registered.items():
         assert _slope(f"models:/m/{version}") == pytest.approx(slope), version
+
+
+# ---------------------------------------------------------------------- live reload with a standby
+def _served(live, version: int, slope: float) -> bool:
+    model, served = live.current()
+    return served == version and float(model.predict(sample.X[:1])[0] / sample.X[0, 0]) == pytest.approx(slope)
+
+
+def test_live_model_with_a_standby_serves_every_change_of_another_client(pair, monkeypatch, tmp_path):
+    """Alias moves and new versions committed by someone else: each one served, never settling on a stale one.
+
+    The standby replays with a small delay (as a loaded one does): a notification arrives before the
+    standby has the change it announces.
+    """
+    from mlflow_pgmodels.live import LiveModel
+
+    primary_uri = pair.uri_of(pair.primary)
+    monkeypatch.setenv(READ_URI_ENV, pair.uri_of(pair.standby))
+    client = MlflowClient(registry_uri=primary_uri, tracking_uri=primary_uri)
+    client.create_registered_model("live")
+    slopes = {1: 1.0, 2: 2.0, 3: 3.0}
+    for version, slope in slopes.items():
+        client.create_model_version("live", _small_model_dir(str(tmp_path / f"v{version}"), slope))
+    client.set_registered_model_alias("live", "champion", 1)
+    pair.sql(pair.standby, "ALTER SYSTEM SET recovery_min_apply_delay = '300ms'")
+    pair.sql(pair.standby, "SELECT pg_reload_conf()")
+    try:
+        pair.wait_replayed()
+        with LiveModel("models:/live@champion", uri=primary_uri) as champion, \
+                LiveModel("models:/live/latest", uri=primary_uri) as latest:
+            for i in range(20):
+                # another client (a plain connection to the primary): this process has not seen its commits
+                target = 1 + (champion.version % 3)
+                pair.sql(pair.primary, "UPDATE pgm_aliases SET version = %s WHERE name = 'live' AND alias = 'champion'",
+                         (target,))
+                new, copied = 4 + i, 1 + i % 3
+                pair.sql(pair.primary,
+                         "INSERT INTO models (name, version, model_type, event, model_binary, format, sha256, size_bytes)"
+                         " SELECT name, %s, model_type, event, model_binary, format, sha256, size_bytes FROM models"
+                         " WHERE name = 'live' AND version = %s", (new, copied))
+                slopes[new] = slopes[copied]
+                procs.wait_for(f"change {i}: champion -> {target}",
+                               lambda: _served(champion, target, slopes[target]), timeout=30)
+                procs.wait_for(f"change {i}: latest -> {new}", lambda: _served(latest, new, slopes[new]), timeout=30)
+            time.sleep(1.5)  # nothing moves it back to an older version
+            assert (champion.version, latest.version) == (target, new)
+            assert champion.last_error is None and latest.last_error is None
+    finally:
+        pair.sql(pair.standby, "ALTER SYSTEM RESET recovery_min_apply_delay")
+        pair.sql(pair.standby, "SELECT pg_reload_conf()")
+        pair.wait_replayed()
+
+
+# ---------------------------------------------------------------------- a seed-era table on a standby
+def test_a_seed_era_table_read_through_a_standby(pair, monkeypatch):
+    """A predict job given only the standby reads the seed's table as it is; one with the primary
+    upgrades it there first, then reads from the standby."""
+    from tests.conftest import Database
+    from tests.test_seed_era import make_seed_era, slope_of
+
+    pair.sql(pair.primary, "CREATE DATABASE seed")
+    try:
+        make_seed_era(Database(pair.primary, "seed"))
+        pair.wait_replayed()
+        on = {s: f"pgmodels://postgres@/seed?host={s.socket_dir}&port={s.port}" for s in (pair.primary, pair.standby)}
+
+        model, version = helpers.load_model_from_db("legacy", "ev_old", "regression", uri=on[pair.standby])
+        assert (version, slope_of(model)) == (2, pytest.approx(2.0))
+        mlflow.set_registry_uri(on[pair.standby])
+        assert slope_of(mlflow.pyfunc.load_model("models:/legacy/1")) == pytest.approx(1.0)
+        with pytest.raises(MlflowException, match="db upgrade"):
+            MlflowClient(registry_uri=on[pair.standby]).set_registered_model_alias("legacy", "champion", 2)
+
+        monkeypatch.setenv(READ_URI_ENV, on[pair.standby])
+        assert helpers.get_latest_model_version("legacy", "ev_old", "regression", uri=on[pair.primary]) == 2
+        assert Database(pair.primary, "seed").sql("SELECT to_regclass('pgm_schema_info') IS NOT NULL") == [(True,)]
+    finally:
+        pair.sql(pair.primary, "DROP DATABASE seed WITH (FORCE)")

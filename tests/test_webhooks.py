@@ -282,6 +282,106 @@ def test_a_hanging_receiver_does_not_hold_up_registrations(client, db, webhook_e
     assert sorted(e["data"]["version"] for e in events) == ["1", "2"]
 
 
+class Trickler:
+    """An HTTP endpoint on 127.0.0.1 that reads a request, then answers it one byte every 2 s, never finishing."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.stop = threading.Event()
+        trickler = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                trickler.requests += 1
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slowly: " + b"a" * 100_000:
+                    if trickler.stop.wait(2):
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the sender gave up
+                        return
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+
+
+def long_idle_transactions(db) -> list[tuple]:
+    """Sessions of this database idle inside a transaction for more than 3 s (what holds back vacuum)."""
+    return db.sql("SELECT pid, application_name, left(query, 200) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND state LIKE 'idle in transaction%%'"
+                  " AND clock_timestamp() - state_change > interval '3 seconds'")
+
+
+def test_a_trickling_receiver_delays_no_other_receiver_and_holds_no_transaction(client, db, webhook_env, receiver,
+                                                                                tmp_path, monkeypatch):
+    """A receiver answering a byte every 2 s (each read well within the 5 s timeout): the healthy receiver
+    still gets every delivery, no session stays idle in a transaction, and the slow deliveries fail once
+    the whole request has taken MLFLOW_WEBHOOK_REQUEST_TIMEOUT (5 s)."""
+    monkeypatch.setenv("MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS", "1")
+    slow = Trickler()
+    client.create_webhook("slow", slow.url, events=[MV_CREATED], secret=SECRET)
+    client.create_webhook("healthy", receiver.url, events=[MV_CREATED], secret=SECRET)
+    for _ in range(4):  # as many slow deliveries as the dispatcher has workers (default 4)
+        register(client, tmp_path)
+    dispatcher = Dispatcher(db.uri).start()
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while slow.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.requests >= 1
+        register(client, tmp_path)  # a new delivery for each receiver while a slow one is in flight
+        events = receiver.wait_for(5)
+        assert sorted(int(e["data"]["version"]) for e in events) == [1, 2, 3, 4, 5]
+
+        idle = []
+        for _ in range(20):  # while slow requests go on
+            idle += long_idle_transactions(db)
+            time.sleep(0.25)
+        assert idle == []
+
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline and not db.sql(
+                "SELECT 1 FROM pgm_webhook_deliveries d JOIN pgm_webhooks w USING (webhook_id)"
+                " WHERE w.name = 'slow' AND d.status = 'failed'"):
+            time.sleep(0.1)
+        failed = db.sql("SELECT d.attempts, d.last_error FROM pgm_webhook_deliveries d JOIN pgm_webhooks w"
+                        " USING (webhook_id) WHERE w.name = 'slow' AND d.status = 'failed'")
+    finally:
+        dispatcher.stop()
+        slow.close()
+    assert failed and all(attempts == 1 for attempts, _ in failed)
+    assert all("no complete answer within 5 s" in error and "MLFLOW_WEBHOOK_REQUEST_TIMEOUT" in error
+               for _, error in failed), failed
+    assert db.sql("SELECT count(*) FROM pgm_webhook_deliveries d JOIN pgm_webhooks w USING (webhook_id)"
+                  " WHERE w.name = 'healthy' AND d.status = 'delivered'") == [(5,)]
+
+
+def test_a_delivery_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expires(client, db, webhook_env,
+                                                                                    receiver, tmp_path):
+    client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
+    register(client, tmp_path)
+    # a dispatcher claimed it (attempt 1) and died before recording anything
+    db.sql("UPDATE pgm_webhook_deliveries SET attempts = 1, leased_until = now() + interval '1 hour'")
+    assert Dispatcher(db.uri).deliver_due() == 0  # leased: not sent twice while its lease runs
+    assert receiver.received == []
+
+    db.sql("UPDATE pgm_webhook_deliveries SET leased_until = now() - interval '1 second'")
+    assert Dispatcher(db.uri).deliver_due() == 1
+    assert [e["data"]["version"] for e in receiver.wait_for(1)] == ["1"]
+    assert deliveries(db) == [("model_version.created", "delivered", 2, 200, True)]
+    assert db.sql("SELECT leased_until FROM pgm_webhook_deliveries") == [(None,)]
+
+
 @pytest.mark.slow
 def test_alias_moved_through_the_rest_api_of_mlflow_server(client, db, webhook_env, receiver, tmp_path):
     register(client, tmp_path)
@@ -358,3 +458,16 @@ def test_writer_role_runs_webhooks_and_reader_role_cannot_create_them(db, webhoo
             refused()
         assert e.value.error_code == "PERMISSION_DENIED"
         assert reader_uri.split(":")[2].split("@")[0] not in e.value.message  # no password in the error
+def test_a_schema_4_database_gets_delivery_leases_on_first_use(db):
+    """An existing database from before leases (schema version 4) is upgraded in place, its pending deliveries kept."""
+    from mlflow_pgmodels.schema import SCHEMA_VERSION, ensure_schema
+
+    db.sql("ALTER TABLE pgm_webhook_deliveries DROP COLUMN leased_until")
+    db.sql("UPDATE pgm_schema_info SET schema_version = 4")
+    uri = f"{db.uri}&application_name=first-use"  # a URI this process has not used yet
+
+    ensure_schema(uri)
+
+    assert db.sql("SELECT schema_version FROM pgm_schema_info") == [(SCHEMA_VERSION,)]
+    assert db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'pgm_webhook_deliveries'"
+                  " AND column_name = 'leased_until'") == [(1,)]
