@@ -1,0 +1,49 @@
+"""The MLflow internals this package depends on, in one place (see issue 17)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def route_job_store(sqlalchemy_url: Callable[[str], str | None], prepare_engine: Callable[[object], None]) -> None:
+    """Let MLflow's job execution accept our backend store URIs.
+
+    MLflow's job backend (``mlflow server``'s job runner and ``/ajax-api/3.0/jobs``, ``mlflow gc
+    --jobs``) needs a database URI it knows: ``mlflow.utils.uri.extract_db_type_from_uri`` decides
+    whether a backend URI is one, and ``mlflow.store.jobs.sqlalchemy_store.SqlAlchemyJobStore``
+    opens it with SQLAlchemy. ``sqlalchemy_url(uri)`` gives the SQLAlchemy URL of the same
+    database for one of our URIs (None for any other URI): the check then names that URL's
+    database type and the job store opens that URL, its SQLAlchemy engine then passed to
+    ``prepare_engine`` (MLflow shares one engine per URL between job stores). Idempotent; runs while ``import mlflow``
+    does (so only light MLflow modules are imported here; the job store is wrapped when loaded).
+    """
+    import mlflow.utils.uri as mlflow_uri
+    from mlflow.utils.import_hooks import register_post_import_hook
+
+    check = mlflow_uri.extract_db_type_from_uri
+    if getattr(check, "_pgmodels", False):
+        return
+
+    def extract_db_type_from_uri(db_uri):
+        url = sqlalchemy_url(db_uri) if isinstance(db_uri, str) else None
+        return check(url if url is not None else db_uri)
+
+    extract_db_type_from_uri._pgmodels = True
+    mlflow_uri.extract_db_type_from_uri = extract_db_type_from_uri
+
+    def wrap_job_store(module) -> None:
+        store_class = module.SqlAlchemyJobStore
+        init = store_class.__init__
+        if getattr(init, "_pgmodels", False):
+            return
+
+        def __init__(self, db_uri):
+            url = sqlalchemy_url(db_uri) if isinstance(db_uri, str) else None
+            init(self, url if url is not None else db_uri)
+            if url is not None:
+                prepare_engine(self.engine)
+
+        __init__._pgmodels = True
+        store_class.__init__ = __init__
+
+    register_post_import_hook(wrap_job_store, "mlflow.store.jobs.sqlalchemy_store")
