@@ -18,6 +18,7 @@ def route_job_store(sqlalchemy_url: Callable[[str], str | None], prepare_engine:
     does (so only light MLflow modules are imported here; the job store is wrapped when loaded).
     """
     import mlflow.utils.uri as mlflow_uri
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.import_hooks import register_post_import_hook
 
     check = mlflow_uri.extract_db_type_from_uri
@@ -25,7 +26,12 @@ def route_job_store(sqlalchemy_url: Callable[[str], str | None], prepare_engine:
         return
 
     def extract_db_type_from_uri(db_uri):
-        url = sqlalchemy_url(db_uri) if isinstance(db_uri, str) else None
+        try:
+            url = sqlalchemy_url(db_uri) if isinstance(db_uri, str) else None
+        except MlflowException:
+            # one of ours that cannot be used: the job store refuses it with our message (MLflow's
+            # messages about a bad backend URI quote it, password included)
+            return "postgresql"
         return check(url if url is not None else db_uri)
 
     extract_db_type_from_uri._pgmodels = True

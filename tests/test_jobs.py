@@ -55,7 +55,7 @@ def test_a_job_submitted_to_the_server_runs_on_the_same_database(db, tmp_path):
     assert job["status"] == "SUCCEEDED", (job, log[-5000:])
     run_id = job["result"]["run_id"]
     assert db.sql("SELECT count(*) FROM pgm_artifacts WHERE path LIKE %s", (f"%/{run_id}/artifacts/note.txt",)) == [(1,)]
-    assert db.sql("SELECT status FROM jobs WHERE id = %s", (submitted["job_id"],)) == [("SUCCEEDED",)]
+    assert db.sql("SELECT count(*) FROM jobs WHERE id = %s", (submitted["job_id"],)) == [(1,)]  # the same database
     assert "job execution requirements not met" not in log
     assert password not in log
 
@@ -67,3 +67,22 @@ def test_a_job_submitted_to_the_server_runs_on_the_same_database(db, tmp_path):
     assert f"Job with ID {submitted['job_id']} has been permanently deleted." in done.stdout
     assert db.sql("SELECT count(*) FROM jobs") == [(0,)]
     assert password not in done.stdout + done.stderr
+
+
+def test_mlflows_job_store_opens_the_database_of_a_pgmodels_uri(db):
+    from mlflow.store.jobs.sqlalchemy_store import SqlAlchemyJobStore
+
+    store = SqlAlchemyJobStore(db.uri)
+    job = store.create_job(sample_jobs.NAME, json.dumps({"text": "x"}))
+    assert db.sql("SELECT job_name FROM jobs WHERE id = %s", (job.job_id,)) == [(sample_jobs.NAME,)]
+    assert store.get_job(job.job_id).status.name == "PENDING"
+
+
+def test_a_pgmodels_uri_the_job_store_cannot_use_is_refused_without_its_password():
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.jobs.sqlalchemy_store import SqlAlchemyJobStore
+
+    with pytest.raises(MlflowException) as e:
+        SqlAlchemyJobStore("pgmodels://jobs:s3cret-pw@db.example:99999/mlflow")
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "port" in e.value.message and "s3cret-pw" not in e.value.message
