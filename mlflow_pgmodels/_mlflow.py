@@ -12,10 +12,12 @@ def route_job_store(sqlalchemy_url: Callable[[str], str | None], prepare_engine:
     --jobs``) needs a database URI it knows: ``mlflow.utils.uri.extract_db_type_from_uri`` decides
     whether a backend URI is one, and ``mlflow.store.jobs.sqlalchemy_store.SqlAlchemyJobStore``
     opens it with SQLAlchemy. ``sqlalchemy_url(uri)`` gives the SQLAlchemy URL of the same
-    database for one of our URIs (None for any other URI): the check then names that URL's
-    database type and the job store opens that URL, its SQLAlchemy engine then passed to
-    ``prepare_engine`` (MLflow shares one engine per URL between job stores). Idempotent; runs while ``import mlflow``
-    does (so only light MLflow modules are imported here; the job store is wrapped when loaded).
+    database for one of our URIs (None for any other URI; an error for one of ours it cannot
+    use): the check then names that URL's database type, and the job store opens that URL and
+    passes its engine to ``prepare_engine`` (MLflow shares one engine per URL between job stores).
+
+    Idempotent. Runs while ``import mlflow`` does, so it imports only light MLflow modules; the
+    job store class is wrapped when MLflow loads it.
     """
     import mlflow.utils.uri as mlflow_uri
     from mlflow.exceptions import MlflowException
