@@ -60,7 +60,7 @@ def test_a_job_submitted_to_the_server_runs_on_the_same_database(db, tmp_path):
     assert password not in log
 
     # `mlflow gc --jobs` cleans up finished jobs from the same database
-    gc_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    gc_env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": uri}
     done = subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri, "--jobs"],
                           env=gc_env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
