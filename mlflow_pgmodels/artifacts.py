@@ -72,6 +72,16 @@ def relative(path: str | None, what: str = "") -> str:
     return clean
 
 
+def destination(path: str | None) -> str:
+    """``path`` to log files to, checked like :func:`relative` and, as MLflow's own repositories
+    check it, written the one way it names its directory (no '.', '//' or trailing '/')."""
+    clean = relative(path)
+    if path and (path != clean or clean == ""):
+        raise _bad(path, f"write it as {clean!r}" if clean else "name a directory below the run's or model's "
+                   "artifact root, or no artifact path at all for the root itself")
+    return clean
+
+
 def join(root: str, rel: str | None) -> str:
     """The key of ``rel`` below ``root`` (both already checked or about to be)."""
     rel = relative(rel)

@@ -67,14 +67,14 @@ class PgArtifactRepository(ArtifactRepository):
 
     # --- ArtifactRepository -------------------------------------------------------------------
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
-        key = self._key(posixpath.join(artifact_path or "", os.path.basename(local_file)))
+        key = self._key(posixpath.join(artifacts.destination(artifact_path), os.path.basename(local_file)))
         uri = self._database()
         if uri is None:
             return self._through_server().log_artifact(local_file, artifact_path)
         artifacts.store(uri, [(local_file, key)])
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
-        base = self._key(artifact_path)
+        base = self._key(artifacts.destination(artifact_path))
         files = []
         for top, dirs, names in os.walk(local_dir):
             dirs.sort()

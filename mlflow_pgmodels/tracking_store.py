@@ -35,21 +35,43 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     return store
 
 
+def job_store_url(store_uri: str) -> str | None:
+    """The SQLAlchemy URL MLflow's job store uses for a ``pgmodels://`` backend (the tracking
+    store's database); None for any other URI."""
+    from mlflow_pgmodels.uri import is_pgmodels_uri, to_sqlalchemy_url
+
+    return to_sqlalchemy_url(store_uri) if is_pgmodels_uri(store_uri) else None
+
+
+def _enable_job_execution() -> None:
+    """MLflow's job execution (GenAI scorer and evaluation jobs, ``mlflow gc --jobs``) on a
+    ``pgmodels://`` backend, as on ``postgresql://``: its job store on the same database.
+
+    Done at import (MLflow loads this module while ``import mlflow`` runs, in the server, its
+    job runners and ``mlflow gc``), before MLflow checks the backend URI for jobs.
+    """
+    from mlflow_pgmodels._mlflow import route_job_store
+
+    route_job_store(job_store_url, _for_poolers)
+
+
 def _for_poolers(engine) -> None:
     """No server-side prepared statements on MLflow's connections behind a transaction pooler (PgBouncer).
 
-    Set on each new connection; the ones the store opened while starting are closed.
+    Set on each new connection; the ones the store opened while starting are closed. Once per engine.
     """
     from sqlalchemy import event
 
+    if not event.contains(engine, "connect", _on_connect):
+        event.listen(engine, "connect", _on_connect)
+        engine.dispose()
+
+
+def _on_connect(dbapi_connection, record) -> None:
     from mlflow_pgmodels.db import for_poolers
 
-    def on_connect(dbapi_connection, record) -> None:
-        for_poolers(dbapi_connection)
-        dbapi_connection.rollback()  # the check's transaction; SQLAlchemy expects none open
-
-    event.listen(engine, "connect", on_connect)
-    engine.dispose()
+    for_poolers(dbapi_connection)
+    dbapi_connection.rollback()  # the check's transaction; SQLAlchemy expects none open
 
 
 def _experiment_files_go_with_it(store, store_uri: str) -> None:
@@ -116,3 +138,6 @@ def _permission_errors(session_maker):
             raise
 
     return managed_session
+
+
+_enable_job_execution()

@@ -54,13 +54,15 @@ def _wait_healthy(server: MlflowServer, timeout: float) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, backend_uri: str, registry_uri: str | None = None, workers: int = 1,
-                  env: dict[str, str] | None = None, app_name: str | None = None) -> Iterator[MlflowServer]:
-    """``mlflow server`` on ``127.0.0.1:<free port>`` in ``workdir``; stopped (SIGTERM) on exit.
+                  env: dict[str, str] | None = None, app_name: str | None = None,
+                  args: tuple[str, ...] = ()) -> Iterator[MlflowServer]:
+    """``mlflow server`` on ``127.0.0.1:<free port>`` in ``workdir`` (more options in ``args``);
+    stopped (SIGTERM) on exit.
 
     ``app_name``: an MLflow server app, e.g. ``basic-auth`` (its user store in ``workdir``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *args]
     if registry_uri:
         cmd += ["--registry-store-uri", registry_uri]
     if app_name:
@@ -109,15 +111,17 @@ def client_env(server_url: str, cache_dir: Path) -> dict[str, str]:
 
 
 def run_client(server_url: str, workdir: Path, script: str, *args: str, cache: str = "client-cache",
-               timeout: float = 240) -> str:
+               timeout: float = 240, env: dict[str, str] | None = None) -> str:
     """Run a Python client ``script`` (with ``args`` in sys.argv) in its own process; returns its stdout."""
-    return run_command(server_url, workdir, [sys.executable, "-c", script, *args], cache=cache, timeout=timeout)
+    return run_command(server_url, workdir, [sys.executable, "-c", script, *args], cache=cache, timeout=timeout,
+                       env=env)
 
 
 def run_command(server_url: str, workdir: Path, cmd: list[str], cache: str = "client-cache",
-                timeout: float = 240) -> str:
-    """Run ``cmd`` as a remote client process; fails the test with its output if it fails."""
-    env = client_env(server_url, workdir / cache)
+                timeout: float = 240, env: dict[str, str] | None = None) -> str:
+    """Run ``cmd`` as a remote client process (``env``: more variables, e.g. credentials); fails
+    the test with its output if it fails."""
+    env = {**client_env(server_url, workdir / cache), **(env or {})}
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"client {cmd[:4]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
