@@ -46,4 +46,23 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The reader's pgmodels tables (the list sql/roles.sql gives it): granted again by every upgrade,
+-- so that a table an upgrade creates (a seed-era database upgraded after sql/roles.sql ran, or a
+-- table a later schema version adds) is readable by predict jobs without re-running roles.sql.
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgmodels_reader') THEN
+        RETURN;
+    END IF;
+    FOR t IN SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+               AND c.relname IN ('models', 'pgm_registered_models', 'pgm_registered_model_tags',
+                                 'pgm_model_version_tags', 'pgm_aliases', 'pgm_version_files', 'pgm_artifacts',
+                                 'pgm_blobs', 'pgm_blob_pieces', 'pgm_history', 'pgm_schema_info') LOOP
+        EXECUTE format('GRANT SELECT ON %s TO pgmodels_reader', t);
+    END LOOP;
+END $$;
+
 UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);

@@ -195,11 +195,17 @@ def test_every_command_shown_matches_its_help(page, arguments):
     for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", " ".join(rest)):
         assert flag in options, f"{page}: `mlflow-pgmodels {arguments}`: {flag} is not an option of " \
                                 f"`mlflow-pgmodels {' '.join(path)}` ({sorted(options)})"
-    # a fixed choice right after the subcommand (`db init`, `cache ls`) must be one of its choices
-    choices = [set(group.split(",")) for group in re.findall(r"\{([^}]+)\}", help_text.split("\n\n")[0])]
-    if choices and rest and not rest[0].startswith("-") and re.fullmatch(r"[a-z][a-z-]*", rest[0]):
-        assert rest[0] in set().union(*choices), \
-            f"{page}: `mlflow-pgmodels {arguments}`: {rest[0]!r} is not one of {sorted(set().union(*choices))}"
+    # a fixed choice (`db init`, `cache ls`, `four-eyes NAME on`) must be one of its choices: the
+    # usage line's {a,b} groups, at the position the usage line gives them among the positionals
+    usage = help_text.split("\n\n")[0]
+    without_options = re.sub(r"\[-[^\]]*\]|-{1,2}[\w-]+(\s+[A-Z_]+)?", " ",
+                             " ".join(usage.split())[len(" ".join(["usage: mlflow-pgmodels", *path])):])
+    positionals = re.findall(r"\{[^}]+\}|[\w.]+", without_options.replace("...", " "))
+    given = [token for token in rest if not token.startswith("-")]
+    for slot, token in zip(positionals, given):
+        if slot.startswith("{") and re.fullmatch(r"[a-z][a-z-]*", token):
+            assert token in slot[1:-1].split(","), \
+                f"{page}: `mlflow-pgmodels {arguments}`: {token!r} is not one of {slot}"
 
 
 def test_the_cli_module_runs_as_documented():
