@@ -17,7 +17,7 @@ from psycopg import errors as pg_errors
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.settings import positive_number
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The files the store needs, in order; sql/create-tables.sql includes them for psql users.
 SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql", "pgmodels_history.sql",
                 "pgmodels_webhooks.sql", "pgmodels_artifacts.sql")

@@ -72,4 +72,4 @@ DROP TRIGGER IF EXISTS pgm_version_files_drop_orphan_blob ON pgm_version_files;
 CREATE TRIGGER pgm_version_files_drop_orphan_blob AFTER DELETE ON pgm_version_files
     FOR EACH ROW EXECUTE FUNCTION pgm_drop_orphan_blob();
 
-UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 4);
+UPDATE pgm_schema_info SET schema_version = GREATEST(schema_version, 5);
