@@ -117,3 +117,36 @@ def many_versions(bench: Bench, full: bool) -> None:
               ms(("ours", "dir")), ms(("stock", "dir"), "stock on PostgreSQL"), 1.2)
     bench.row(f"register a version of a LoggedModel (`models:/m-…`), {n:,} in a row",
               ms(("ours", "logged")), ms(("stock", "logged"), "stock on PostgreSQL"), 1.2)
+    turns = _round_trips(bench, logged, str(saved))
+    for way, what in (("dir", "a model directory"), ("logged", "a LoggedModel")):
+        bench.row(f"round trips to PostgreSQL per registration of {what} (counted on the wire)",
+                  Stat([turns["ours", way]], unit=""), Stat([turns["stock", way]], unit="", label="stock"), None)
+    bench.facts["round trips per registration"] = {f"{side} {way}": n for (side, way), n in turns.items()}
+
+
+def _round_trips(bench: Bench, logged: dict[str, str], saved: str, calls: int = 20) -> dict[tuple[str, str], float]:
+    """Round trips each registration makes, on average over ``calls``, through a counting forwarder
+    (benchmarks/wire.py): the times the client waits for PostgreSQL, whatever else the machine does."""
+    import mlflow
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    from benchmarks.wire import Forwarder, forwarded_uri, server_socket
+    from mlflow_pgmodels.registry_store import PgModelsRegistryStore
+
+    got = {}
+    with Forwarder(server_socket(bench.server.socket_uri("reg_ours"))) as fwd:
+        ours_uri = forwarded_uri(bench.server.socket_uri("reg_ours"), fwd.port)
+        stock_uri = forwarded_uri(bench.server.socket_uri("reg_stock"), fwd.port).replace(
+            "pgmodels://", "postgresql+psycopg://")
+        for side, store in (("ours", PgModelsRegistryStore(ours_uri, tracking_uri=ours_uri)),
+                            ("stock", SqlAlchemyStore(stock_uri))):
+            mlflow.set_tracking_uri(ours_uri if side == "ours" else stock_uri)  # stock finds its LoggedModel here
+            for way, call in (("dir", lambda: store.create_model_version("dir_in_a_row", saved, local_model_path=saved)),
+                              ("logged", lambda: store.create_model_version(
+                                  "logged_in_a_row", f"models:/{logged[side]}", model_id=logged[side]))):
+                call()  # connections opened, statements prepared
+                fwd.reset()
+                for _ in range(calls):
+                    call()
+                got[side, way] = fwd.turns / calls
+    return got
