@@ -18,7 +18,7 @@ class Stat:
     """Samples of one measurement: seconds, MiB or a count."""
 
     samples: list[float]
-    unit: str = "s"
+    unit: str = "s"  # "s", "ms", "MiB" or "" (a count)
     label: str = ""
 
     @property
@@ -28,7 +28,7 @@ class Stat:
     def text(self) -> str:
         if not self.samples:
             return "–"
-        fmt = {"s": "{:.3f}", "MiB": "{:.0f}", "": "{:g}"}[self.unit]
+        fmt = {"s": "{:.3f}", "ms": "{:.2f}", "MiB": "{:.0f}", "": "{:g}"}[self.unit]
         unit = f" {self.unit}" if self.unit else ""
         lo, hi = min(self.samples), max(self.samples)
         spread = f" ({fmt.format(lo)}–{fmt.format(hi)})" if len(self.samples) > 1 and lo != hi else ""

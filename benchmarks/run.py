@@ -4,17 +4,19 @@
     python benchmarks/run.py --quick    # smoke run (~1 minute): tiny and ~10 MB models, a small registry
     python benchmarks/run.py --scale    # only the registry at scale (issue 13, ~3 minutes): 10,000 models
     python benchmarks/run.py --serving  # only 32 remote clients loading one version through `mlflow server` (issue 13)
+    python benchmarks/run.py --registration  # only 1,000 versions registered in a row against stock on PostgreSQL (~2 minutes)
     python benchmarks/run.py --once     # only bytes travel once (issue 11, ~2 minutes): wire bytes, log + register
     python benchmarks/run.py --once --huge-gb 1.1   # and a 1.1 GiB model, log + load in new processes (~5 minutes)
 
 Starts its own embedded PostgreSQL in a temporary directory (unix socket), builds the models once,
 measures both stores in this one run, prints a table (median, min–max, ratio, goal) and writes
 benchmarks/results/latest.json (``--quick``: quick.json, ``--scale``: scale.json, ``--serving``:
-serving.json, ``--once`` / ``--huge-gb``: once.json); a full, ``--scale``, ``--serving`` or ``--once``
-run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
+serving.json, ``--once`` / ``--huge-gb``: once.json, ``--registration``: registration.json); a full,
+``--scale``, ``--serving``, ``--once`` or ``--registration`` run also puts its table in docs/performance.md. Issues 5 and 13 list the goals;
 docs/performance.md explains the results.
 
-One module per measurement family: registration (writes), loading (reads), metadata (registry
+One module per measurement family: registration (writes; ``--registration``: many versions in a
+row against stock MLflow on PostgreSQL), loading (reads), metadata (registry
 queries), scale (the Models list and version searches at 10,000 models against stock MLflow on
 PostgreSQL: ``--scale``, and in the smoke run at small counts), serving (remote clients through
 `mlflow server`: ``--serving`` only), huge (the 512 MB model), once (bytes on the wire and the
@@ -51,8 +53,9 @@ from benchmarks.scale import scale  # noqa: E402
 from benchmarks.serving import serving  # noqa: E402
 
 
-def measure(bench: Bench, with_scale: bool) -> None:
-    """Every measurement, in the order of the table (``with_scale``: the registry at scale too)."""
+def measure(bench: Bench, with_scale: bool, in_a_row: bool = False) -> None:
+    """Every measurement, in the order of the table (``with_scale``: the registry at scale too;
+    ``in_a_row``: a few versions registered in a row against stock MLflow on PostgreSQL)."""
     import mlflow
 
     plan = bench.plan
@@ -82,6 +85,9 @@ def measure(bench: Bench, with_scale: bool) -> None:
     if with_scale:
         bench.phase("scale")
         scale(bench)
+    if in_a_row:
+        bench.phase("versions in a row")
+        registration.many_versions(bench, full=False)
     if plan.huge_mb:
         del big
         bench.phase("huge model")
@@ -111,15 +117,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="only remote clients loading one version through `mlflow server` (issue 13)")
     parser.add_argument("--once", action="store_true",
                         help="only bytes travel once: wire bytes, log + register against stock + COPY (issue 11)")
+    parser.add_argument("--registration", action="store_true",
+                        help="only versions registered one after another, against stock MLflow on PostgreSQL")
     parser.add_argument("--huge-gb", type=float, metavar="GIB",
                         help="only (or with --once) a model of GIB GiB: log + register and load, time and memory")
     parser.add_argument("--out", help="results file (default benchmarks/results/latest.json, quick: quick.json,"
-                                      " scale: scale.json, both: scale-quick.json, serving: serving.json, once: once.json)")
+                                      " scale: scale.json, both: scale-quick.json, serving: serving.json, once: once.json,"
+                                      " registration: registration.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     section = ("once" if args.once or args.huge_gb else "serving" if args.serving else "scale" if args.scale
-               else "full")  # which table in docs/performance.md
+               else "registration" if args.registration else "full")  # which table in docs/performance.md
     mode = f"{'quick' if section == 'full' else section + '-quick'}" if args.quick else section
     out = args.out or str(HERE / "results" / f"{'latest' if mode == 'full' else mode}.json")
     base = Path(tempfile.mkdtemp(prefix="pgmodels-bench-"))
@@ -133,15 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             measure_once(bench, args.once, args.huge_gb)
         elif args.serving:
             serving(bench)
+        elif args.registration:
+            registration.many_versions(bench, full=not args.quick)
         elif args.scale:
             scale(bench)
         else:
-            measure(bench, with_scale=args.quick)
+            measure(bench, with_scale=args.quick, in_a_row=args.quick)
     finally:
         bench.teardown()
         remove_tree(base)
     minutes = (time.time() - started) / 60
-    flags = "".join(f" --{flag}" for flag in ("quick", "scale", "serving", "once") if getattr(args, flag))
+    flags = "".join(f" --{flag}" for flag in ("quick", "scale", "serving", "registration", "once")
+                    if getattr(args, flag))
     flags += f" --huge-gb {args.huge_gb:g}" if args.huge_gb else ""
     header = (f"`python benchmarks/run.py{flags}`, "
               f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {minutes:.1f} min; "

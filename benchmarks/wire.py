@@ -37,13 +37,16 @@ def server_socket(uri: str) -> str:
 class Forwarder:
     """Listens on 127.0.0.1:``port`` and relays each connection to the unix socket ``target``.
 
-    ``sent`` counts the bytes clients sent to the server, ``received`` those the server sent back.
+    ``sent`` counts the bytes clients sent to the server, ``received`` those the server sent back,
+    ``turns`` the round trips: the times a client spoke again after the server had answered it.
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.sent = 0
         self.received = 0
+        self.turns = 0
+        self._answered: dict[socket.socket, bool] = {}  # client socket -> the server spoke last
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -63,7 +66,7 @@ class Forwarder:
         """Start counting from zero; the counts until now (sent, received)."""
         with self._lock:
             counts = (self.sent, self.received)
-            self.sent = self.received = 0
+            self.sent = self.received = self.turns = 0
         return counts
 
     def close(self) -> None:
@@ -87,20 +90,23 @@ class Forwarder:
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.connect(self.target)
             self._open += [client, server]
+            self._answered[client] = True
             for src, dst, upstream in ((client, server, True), (server, client, False)):
-                thread = threading.Thread(target=self._pump, args=(src, dst, upstream), daemon=True)
+                thread = threading.Thread(target=self._pump, args=(src, dst, upstream, client), daemon=True)
                 self._threads.append(thread)
                 thread.start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool, client: socket.socket) -> None:
         try:
             while data := src.recv(_BUFFER):
                 # counted before it is passed on: once a side has the bytes, they are in the count
                 with self._lock:
                     if upstream:
                         self.sent += len(data)
+                        self.turns += self._answered[client]
                     else:
                         self.received += len(data)
+                    self._answered[client] = not upstream
                 dst.sendall(data)
         except OSError:
             pass

@@ -26,6 +26,9 @@ READ_CHUNK = 4 * 1024 * 1024
 READ_AHEAD = 2
 # PostgreSQL cannot store a single value of 1 GB or more (MaxAllocSize, minus the varlena header).
 MAX_BLOB_BYTES = (1 << 30) - 1 - 4
+# Blobs up to this size go in one INSERT with a binary parameter (in memory once; no COPY set-up,
+# and the statement can share a round trip); larger ones stream by COPY.
+INSERT_MAX_BYTES = 1024 * 1024
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 
@@ -84,6 +87,18 @@ def copy_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, 
             bar.update(len(chunk))
         hexdigest = digest.hexdigest()
         copy.write(copy_field(hexdigest) + struct.pack("!h", -1))
+    return hexdigest
+
+
+def insert_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, Any], blob_column: str,
+                         blob: bytes, digest_column: str) -> str:
+    """Insert one row with a small ``blob`` (a binary parameter) and its SHA-256; returns the digest."""
+    hexdigest = hashlib.sha256(blob).hexdigest()
+    values = {**columns, blob_column: blob, digest_column: hexdigest}
+    query = psycopg.sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        psycopg.sql.Identifier(table), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, values)),
+        psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(values)))
+    conn.execute(query, [int(v) if isinstance(v, Int4) else v for v in values.values()])
     return hexdigest
 
 

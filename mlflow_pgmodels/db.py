@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -132,7 +133,8 @@ class _Pool:
         self._failure = (time.monotonic(), str(error))
 
     def get(self, what: str, uri: str) -> psycopg.Connection:
-        """A working connection (checked with a round trip: a server restart leaves dead ones)."""
+        """A working connection: one the server has sent something to while it was idle (a server
+        restart leaves dead ones, told so) is checked with a round trip first."""
         start = time.monotonic()
         deadline = start + self.timeout
         while True:
@@ -149,7 +151,8 @@ class _Pool:
                 continue
             conn.home = pool
             try:
-                conn.execute("")
+                if _has_input(conn):
+                    conn.execute("")
                 return conn
             except psycopg.Error:
                 conn.close()
@@ -177,6 +180,20 @@ class _Pool:
             error_code=TEMPORARILY_UNAVAILABLE)
 
 
+def _has_input(conn: psycopg.Connection) -> bool:
+    """Whether the server sent anything to this idle connection (or closed it): a pooled connection
+    is idle between calls, so anything there is a termination notice or end of file. Costs no round
+    trip, unlike a query on every checkout."""
+    if conn.closed:
+        return True
+    fd = conn.pgconn.socket
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 class _OurPoolNoise(logging.Filter):
     """Drops psycopg_pool's warnings about our pools: each failure reaches the caller as an MlflowException."""
 
@@ -190,6 +207,26 @@ _pools: dict[tuple[int, str], _Pool] = {}
 _pools_lock = threading.Lock()
 
 
+def quiet_aborted_pipelines() -> None:
+    """Drop psycopg's "error ignored terminating <Pipeline …>: pipeline aborted" warnings.
+
+    When a statement in psycopg's pipeline mode fails (SQLAlchemy runs MLflow's executemany that
+    way; a registration here sends its statements that way), the error is raised to the caller as
+    usual and psycopg also warns that it ignored the follow-up error while closing the pipeline.
+    Only that second, redundant line is dropped.
+    """
+    logger = logging.getLogger("psycopg")
+    if not any(isinstance(f, _AbortedPipelineFilter) for f in logger.filters):
+        logger.addFilter(_AbortedPipelineFilter())
+
+
+class _AbortedPipelineFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("error ignored terminating <psycopg.Pipeline") and
+                    message.endswith("pipeline aborted"))
+
+
 def _pool(uri: str) -> _Pool:
     # keyed by pid: a forked child must never share its parent's sockets
     key = (os.getpid(), uri)
@@ -199,6 +236,7 @@ def _pool(uri: str) -> _Pool:
             logger = logging.getLogger("psycopg.pool")
             if not any(isinstance(f, _OurPoolNoise) for f in logger.filters):
                 logger.addFilter(_OurPoolNoise())
+            quiet_aborted_pipelines()
             pool = _pools[key] = _Pool(to_conninfo(uri))
         return pool
 
@@ -219,6 +257,25 @@ def connection(uri: str, what: str = "use the model database") -> Iterator[psyco
                 _remember(uri, _position(conn))
         finally:
             pool.put(conn)
+
+
+@contextlib.contextmanager
+def batched_transaction(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction on the autocommit connection ``conn`` whose statements go out in psycopg's
+    pipeline mode: the client waits for the server only where it reads a result, and BEGIN and
+    COMMIT share a round trip with the statements around them (``conn.transaction()`` waits for
+    each). Rolled back if the block raises. No COPY inside (the pipeline mode does not allow it).
+    """
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 @contextlib.contextmanager

@@ -228,18 +228,19 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             _validate_model_version_tag(key, value)
         column_tags.split(tags)  # refuse bad event / model_type values before anything moves
         model_id = model_id or sources.logged_model_id(source)
+        tracking = sources.Tracking(self.tracking_uri)
         new = versions.NewVersion(
-            name=name, source=redact(source), run_id=_blank(run_id) or sources.source_run_id(model_id, self.tracking_uri),
+            name=name, source=redact(source), run_id=_blank(run_id) or tracking.source_run_id(model_id),
             run_link=_blank(run_link), description=_blank(description), model_id=model_id, tags=tags)
         copied_from = sources.own_version(source)
         if copied_from is not None:
             return versions.copy(self.store_uri, new, *copied_from)
-        in_database = sources.database_artifacts(source, self.tracking_uri)
+        in_database = sources.database_artifacts(source, tracking)
         if in_database is not None:  # log_model's files are here already: nothing travels again
             registered = versions.from_artifacts(self.store_uri, new, in_database)
             if registered is not None:
                 return registered
-        with sources.model_files(source, local_model_path, self.tracking_uri) as model_dir:
+        with sources.model_files(source, local_model_path, tracking) as model_dir:
             if model_dir is None:
                 return versions.without_files(self.store_uri, new)
             return versions.upload(self.store_uri, new, model_dir)

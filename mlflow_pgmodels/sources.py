@@ -40,21 +40,47 @@ def own_version(source: str) -> tuple[str, int] | None:
     return None
 
 
-def database_artifacts(source: str, tracking_uri: str | None) -> str | None:
+class Tracking:
+    """The tracking store a registration's source is looked up in; each LoggedModel is read once
+    per registration (its run, its files and its download all need it)."""
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        self.tracking_uri = tracking_uri
+        self._logged: dict[str, object] = {}
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def logged_model(self, model_id: str):
+        """The LoggedModel ``model_id`` (MlflowException when the tracking store has none)."""
+        if model_id not in self._logged:
+            self._logged[model_id] = self.client().get_logged_model(model_id)
+        return self._logged[model_id]
+
+    def source_run_id(self, model_id: str | None) -> str | None:
+        """The run a LoggedModel was logged in, so that the UI links the version to it."""
+        if not model_id:
+            return None
+        with contextlib.suppress(Exception):
+            return self.logged_model(model_id).source_run_id
+        return None
+
+
+def database_artifacts(source: str, tracking: Tracking) -> str | None:
     """The pgm_artifacts key of ``source``'s files when they are in a pgmodels database
     (``models:/m-<id>``, ``runs:/<run id>/<path>`` or ``pgmodels-artifacts:/…``), else None."""
-    from mlflow import MlflowClient
-
     if is_artifacts_uri(source):
         return root_key(source)
     try:
         model_id = logged_model_id(source)
         if model_id:
-            location = MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).artifact_location
+            location = tracking.logged_model(model_id).artifact_location
             rest = source[len("models:/") + len(model_id):]
         elif source.startswith("runs:/"):
             run_id, _, rest = source[len("runs:/"):].strip("/").partition("/")
-            location = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+            location = tracking.client().get_run(run_id).info.artifact_uri
         else:
             return None
     except MlflowException:
@@ -62,19 +88,8 @@ def database_artifacts(source: str, tracking_uri: str | None) -> str | None:
     return join(root_key(location), rest) if is_artifacts_uri(location) else None
 
 
-def source_run_id(model_id: str | None, tracking_uri: str | None) -> str | None:
-    """The run a LoggedModel was logged in, so that the UI links the version to it."""
-    if not model_id:
-        return None
-    from mlflow import MlflowClient
-
-    with contextlib.suppress(Exception):
-        return MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).source_run_id
-    return None
-
-
 @contextlib.contextmanager
-def model_files(source: str, local_model_path: str | None, tracking_uri: str | None) -> Iterator[str | None]:
+def model_files(source: str, local_model_path: str | None, tracking: Tracking) -> Iterator[str | None]:
     """A local MLflow model directory for ``source``, or None for sources without files (prompts)."""
     if local_model_path and os.path.isfile(os.path.join(local_model_path, "MLmodel")):
         yield local_model_path
@@ -84,7 +99,7 @@ def model_files(source: str, local_model_path: str | None, tracking_uri: str | N
         return
     tmp = tempfile.mkdtemp(prefix="pgmodels-src-")
     try:
-        path = _download(source, tmp, tracking_uri)
+        path = _download(source, tmp, tracking)
         if os.path.isfile(path):  # a single file: not a model directory
             path = os.path.dirname(path)
         meta = os.path.join(path, "registered_model_meta")
@@ -101,20 +116,18 @@ def model_files(source: str, local_model_path: str | None, tracking_uri: str | N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _download(source: str, dst: str, tracking_uri: str | None) -> str:
+def _download(source: str, dst: str, tracking: Tracking) -> str:
     import mlflow.artifacts
 
     try:
         model_id = logged_model_id(source)
         uri = source
         if model_id:
-            from mlflow import MlflowClient
-
-            uri = MlflowClient(tracking_uri=tracking_uri).get_logged_model(model_id).artifact_location
+            uri = tracking.logged_model(model_id).artifact_location
             served = _download_on_server(uri, dst)
             if served:
                 return served
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking.tracking_uri)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"):
             raise

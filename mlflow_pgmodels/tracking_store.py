@@ -13,7 +13,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from mlflow_pgmodels.db import connection
+    from mlflow_pgmodels.db import connection, quiet_aborted_pipelines
     from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
     from mlflow_pgmodels.artifact_root import default_artifact_root
@@ -31,7 +31,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _experiment_files_go_with_it(store, store_uri)
-    _quiet_aborted_pipelines()
+    quiet_aborted_pipelines()
     return store
 
 
@@ -88,28 +88,6 @@ def _experiment_files_go_with_it(store, store_uri: str) -> None:
         hard_delete(experiment_id)
 
     store._hard_delete_experiment = hard_delete_with_files
-
-
-def _quiet_aborted_pipelines() -> None:
-    """Drop psycopg's "error ignored terminating <Pipeline …>: pipeline aborted" warnings.
-
-    SQLAlchemy runs executemany in psycopg's pipeline mode; when a statement in it fails (MLflow
-    expects and handles some IntegrityErrors), that error is raised to MLflow as usual and psycopg
-    also warns that it ignored the follow-up error while closing the pipeline. Only that second,
-    redundant line is dropped.
-    """
-    import logging
-
-    logger = logging.getLogger("psycopg")
-    if not any(isinstance(f, _AbortedPipelineFilter) for f in logger.filters):
-        logger.addFilter(_AbortedPipelineFilter())
-
-
-class _AbortedPipelineFilter:
-    def filter(self, record) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("error ignored terminating <psycopg.Pipeline") and
-                    message.endswith("pipeline aborted"))
 
 
 def _permission_errors(session_maker):

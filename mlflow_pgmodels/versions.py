@@ -35,7 +35,7 @@ from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from psycopg import errors as pg_errors
 
 from mlflow_pgmodels import actor, archive, artifacts, blobs, column_tags, pieces, search, stored_zip
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels.db import batched_transaction, connection
 from mlflow_pgmodels.entities import MV_COLUMNS, model_not_found, model_version, version_not_found
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -182,6 +182,7 @@ def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str
 
 
 def _files_upload_writer(new: NewVersion, files: list[tuple[str, str, int]]) -> Callable:
+    @_copies
     def write(conn, version: int, columns: dict[str, str]) -> None:
         stored = []
         for path, arcname, size in files:
@@ -264,12 +265,27 @@ def _writer_for(new: NewVersion, model_dir: str) -> Iterator[Callable]:
 def _blob_writer(new: NewVersion, packed: IO[bytes]) -> Callable:
     size = os.fstat(packed.fileno()).st_size
     blobs.check_size(size, f"Model '{new.name}'")  # before any transaction opens
+    if size <= blobs.INSERT_MAX_BYTES:  # a small model: one INSERT, sent along with the numbering
+        data = packed.read()
 
+        def insert(conn, version: int, columns: dict[str, str]) -> None:
+            blobs.insert_row_with_blob(
+                conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size},
+                "model_binary", data, "sha256")
+        return insert
+
+    @_copies
     def write(conn, version: int, columns: dict[str, str]) -> None:
         blobs.copy_row_with_blob(
             conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size},
             "model_binary", packed, size, "sha256", progress=f"Uploading {new.name}")
     return write
+
+
+def _copies(write_row: Callable) -> Callable:
+    """Marks a row writer that uses COPY (which psycopg's pipeline mode does not allow)."""
+    write_row.copies = True
+    return write_row
 
 
 def _empty_writer(new: NewVersion) -> Callable:
@@ -284,50 +300,62 @@ def _empty_writer(new: NewVersion) -> Callable:
 
 def _register(uri: str, new: NewVersion, write_row: Callable, number: int | None = None,
               state: ImportedState | None = None) -> ModelVersion:
-    """Write the row under a placeholder number, then number it; returns the new version."""
+    """Write the row under a placeholder number, then number it; returns the new version.
+
+    Three round trips for a small model (db.batched_transaction): the registered model's tags
+    and the placeholder; the row, its tags and the numbering; the commit.
+    """
     name = new.name
-    with connection(uri, f"register a version of '{name}'") as conn, conn.transaction():
+    _, other_tags = column_tags.split(new.tags)
+    with connection(uri, f"register a version of '{name}'") as conn, _transaction(conn, write_row):
         actor.mark(conn)
         model_tags = conn.execute(
-            "SELECT r.name, t.key, t.value FROM pgm_registered_models r LEFT JOIN pgm_registered_model_tags t"
+            "SELECT -pg_backend_pid(), t.key, t.value FROM pgm_registered_models r LEFT JOIN pgm_registered_model_tags t"
             " ON t.name = r.name AND t.key = ANY(%s) WHERE r.name = %s",
             (list(column_tags.COLUMNS), name)).fetchall()
         if not model_tags:
             raise model_not_found(name)
+        placeholder = model_tags[0][0]
         columns = column_tags.for_new_version(new.tags, {key: value for _, key, value in model_tags if key})
-        placeholder = conn.execute("SELECT -pg_backend_pid()").fetchone()[0]
         try:
             write_row(conn, placeholder, columns)
+            if other_tags:  # under the placeholder: the renumbering carries them (ON UPDATE CASCADE)
+                conn.cursor().executemany(
+                    "INSERT INTO pgm_model_version_tags (name, version, key, value) VALUES (%s, %s, %s, %s)",
+                    [(name, placeholder, k, v) for k, v in other_tags.items()])
+            row = _take_number(conn, name, placeholder, number)
         except pg_errors.ForeignKeyViolation:  # the registered model was deleted or renamed meanwhile
             raise model_not_found(name) from None
-        version = _take_number(conn, name, number)
-        conn.execute("UPDATE models SET version = %s WHERE name = %s AND version = %s", (version, name, placeholder))
-        _, other_tags = column_tags.split(new.tags)
-        if other_tags:
-            conn.cursor().executemany(
-                "INSERT INTO pgm_model_version_tags (name, version, key, value) VALUES (%s, %s, %s, %s)",
-                [(name, version, k, v) for k, v in other_tags.items()])
-        if state is not None:
-            conn.execute(
-                "UPDATE models SET is_active = %s, stage = %s, user_id = %s,"
-                " created_at = coalesce(to_timestamp(%s::bigint / 1000.0), created_at)"
-                " WHERE name = %s AND version = %s",
-                (state.active, state.stage, state.user_id, state.created_ms, name, version))
+        if state is None:  # the tags' subquery ran before the renumbering reached them; aliases: none yet
+            return model_version((*row[:13], [[k, v] for k, v in other_tags.items()], []))
+        conn.execute(
+            "UPDATE models SET is_active = %s, stage = %s, user_id = %s,"
+            " created_at = coalesce(to_timestamp(%s::bigint / 1000.0), created_at)"
+            " WHERE name = %s AND version = %s",
+            (state.active, state.stage, state.user_id, state.created_ms, name, row[1]))
         row = conn.execute(f"SELECT {MV_COLUMNS} FROM models m WHERE m.name = %s AND m.version = %s",
-                           (name, version)).fetchone()
+                           (name, row[1])).fetchone()
         return model_version(row)
 
 
-def _take_number(conn, name: str, number: int | None) -> int:
-    """Lock the registered model's row and take the next number (or record ``number`` as taken)."""
+def _transaction(conn, write_row: Callable):
+    """A batched transaction, unless ``write_row`` uses COPY (a large model: round trips do not count there)."""
+    return conn.transaction() if getattr(write_row, "copies", False) else batched_transaction(conn)
+
+
+def _take_number(conn, name: str, placeholder: int, number: int | None) -> tuple:
+    """Lock the registered model's row, take the next number (or record ``number`` as taken) and
+    give it to the row written under ``placeholder``; the row (``MV_COLUMNS``)."""
     if number is None:
-        row = conn.execute(
-            "UPDATE pgm_registered_models SET next_version = next_version + 1, last_updated_at = now()"
-            " WHERE name = %s RETURNING next_version - 1", (name,)).fetchone()
+        take = ("UPDATE pgm_registered_models SET next_version = next_version + 1, last_updated_at = now()"
+                " WHERE name = %(name)s RETURNING next_version - 1 AS version")
     else:
-        row = conn.execute(
-            "UPDATE pgm_registered_models SET next_version = GREATEST(next_version, %s + 1),"
-            " last_updated_at = now() WHERE name = %s RETURNING %s", (number, name, number)).fetchone()
+        take = ("UPDATE pgm_registered_models SET next_version = GREATEST(next_version, %(number)s + 1),"
+                " last_updated_at = now() WHERE name = %(name)s RETURNING %(number)s::integer AS version")
+    row = conn.execute(
+        f"WITH n AS ({take}) UPDATE models m SET version = n.version FROM n"
+        f" WHERE m.name = %(name)s AND m.version = %(placeholder)s RETURNING {MV_COLUMNS}",
+        {"name": name, "number": number, "placeholder": placeholder}).fetchone()
     if row is None:  # deleted between the row's insert and now (the insert only held a key-share lock)
         raise model_not_found(name)
-    return row[0]
+    return row

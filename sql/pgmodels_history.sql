@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS pgm_history (
     new         JSONB
 );
 CREATE INDEX IF NOT EXISTS pgm_history_name_idx ON pgm_history (name, id);
+-- "Was this created in the same transaction?" (the webhook fan-out folds such tags into the
+-- created event): one probe, not a walk through every history row of the model.
+CREATE INDEX IF NOT EXISTS pgm_history_created_idx ON pgm_history (txid, name, version)
+    WHERE action IN ('registered_model_created', 'model_version_created');
 CREATE INDEX IF NOT EXISTS pgm_history_renames_idx ON pgm_history ((old ->> 'name'), (new ->> 'name'))
     WHERE action = 'registered_model_renamed';
 

@@ -20,7 +20,8 @@ from tests.conftest import ROOT
 
 ROWS = ["log_model", "register, database part", "repeated `load_model", "first load, empty cache",
         "client peak memory", "processes load one new version at once", 'resolve "models:/meta/latest"',
-        "`get_latest_versions`", "`search_model_versions", "TOAST blocks", "Models list page 1"]
+        "`get_latest_versions`", "`search_model_versions", "TOAST blocks", "Models list page 1",
+        "register a version of a model directory", "register a version of a LoggedModel"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.tracking_store import build_tracking_store
+from tests import sample
 from tests.mlflow_server import mlflow_server
 
 
@@ -56,6 +57,19 @@ def test_a_call_waits_for_a_connection_to_come_free(db, monkeypatch):
 
     assert got == ["churn"]
     assert _our_backends(db) == 1
+
+
+def test_a_pooled_connection_the_server_ended_while_idle_is_replaced_unseen(db, tmp_path):
+    client = MlflowClient(registry_uri=db.uri)
+    client.create_registered_model("churn")
+    assert _our_backends(db) == 1  # idle in the pool
+    assert db.sql("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND application_name = 'mlflow-pgmodels'") == [(True,)]
+
+    version = client.create_model_version("churn", sample.saved(tmp_path / "v1", sample.regressor(1.0)))
+
+    assert int(version.version) == 1
+    assert client.get_model_version("churn", "1").current_stage == "None"
 
 
 @pytest.mark.parametrize("env, value", [("MLFLOW_PGMODELS_POOL_MAX_SIZE", "eight"),
