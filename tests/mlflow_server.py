@@ -71,6 +71,9 @@ def mlflow_server(workdir: Path, backend_uri: str, registry_uri: str | None = No
     server_env.update({
         "MLFLOW_PGMODELS_CACHE_DIR": str(workdir / "server-cache"),
         "MLFLOW_PGMODELS_PROGRESS": "0",
+        # MLflow's job runner (its huey consumer processes) only where a test submits jobs: it
+        # doubles a server's processes and start time (tests/test_jobs.py turns it on)
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         **(env or {}),
     })
     workdir.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ def test_a_job_submitted_to_the_server_runs_on_the_same_database(db, tmp_path):
     user, password = db.login_role("pgmodels_writer")
     uri = db.tcp_uri(user, password)
     env = {"PYTHONPATH": str(ROOT),  # where the job function lives
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true",
            "_MLFLOW_SUPPORTED_JOB_FUNCTION_LIST": sample_jobs.FUNCTION,
            "_MLFLOW_ALLOWED_JOB_NAME_LIST": sample_jobs.NAME}
     with mlflow_server(tmp_path / "server", uri, env=env) as server:
