@@ -19,7 +19,7 @@ from typing import IO
 import psycopg
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import DATA_LOSS, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import pieces, search, versions
 from mlflow_pgmodels.arguments import name as _name, version as _version
@@ -283,7 +283,7 @@ def _set_alias(store: PgModelsRegistryStore, name: str, alias: str, version: int
         raise MlflowException(
             f"Model '{name}' version {version} was promoted and stays on the target, but the alias '{alias}' "
             f"was not set: {e.message} Set it with a role that may (or promote again with one: the version is "
-            "reused, only the alias is applied).", error_code=e.error_code) from None
+            "reused, only the alias is applied).", error_code=PERMISSION_DENIED) from None
 
 
 def _record_at_source(source_uri: str, mv: ModelVersion, to: str, name: str, version: int) -> bool:

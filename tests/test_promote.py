@@ -247,7 +247,7 @@ def test_a_protected_alias_is_refused_clearly_and_the_version_stays(db, target, 
     governance.protect(owner, "churn", "pgmodels_release_manager", alias="champion")
 
     e = _error(lambda: promote("models:/churn/1", writer, source_uri=db.uri, alias="champion"))
-    assert e.error_code == "PERMISSION_DENIED"
+    assert e.error_code == "PERMISSION_DENIED", e.message
     assert "version 1 was promoted and stays" in e.message and "pgmodels_release_manager" in e.message
     assert target.sql("SELECT version FROM models") == [(1,)] and target.sql("SELECT * FROM pgm_aliases") == []
 
