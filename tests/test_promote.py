@@ -22,7 +22,7 @@ from mlflow_pgmodels.promote import LINEAGE, PROMOTED_TO, lock_key, promote
 from mlflow_pgmodels.webhook_delivery import Dispatcher
 from tests import procs, sample
 from tests.conftest import make_database
-from tests.test_webhooks import MV_CREATED, Receiver, webhook_env  # noqa: F401  (a fixture)
+from tests.test_webhooks import MV_CREATED, receiver, webhook_env  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -31,14 +31,6 @@ def target(pg):
     database = make_database(pg)
     yield database
     pg.psql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.release.set()
-    r.server.shutdown()
 
 
 def _register(db, tmp_path, name: str = "churn", slope: float = 3.0, **kwargs):
