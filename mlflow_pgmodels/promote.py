@@ -10,8 +10,11 @@ docs/lifecycle.md has the decisions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -21,7 +24,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels import pieces, search, versions
+from mlflow_pgmodels import archive, pieces, search, versions
 from mlflow_pgmodels.arguments import name as _name, version as _version
 from mlflow_pgmodels.blobs import READ_CHUNK
 from mlflow_pgmodels.db import connection
@@ -89,13 +92,15 @@ def promote(model_uri: str, to: str, source_uri: str | None = None, name: str | 
     Idempotent: a version already promoted (same source database, name, version and SHA-256) is
     reused and only the alias is (re)applied.
     """
-    source_uri = resolve_uri(source_uri)
     if not is_pgmodels_uri(to):
         raise MlflowException.invalid_parameter_value(
             f"--to {redact(to)!r} is not a pgmodels:// URI: give the target model database "
             "(pgmodels://user@host/dbname).")
     src_name, ref = parse_model_uri(model_uri)
     target_name = _name(name or src_name)
+    if source_uri and not is_pgmodels_uri(source_uri):
+        return _from_stock(source_uri, src_name, ref, to, target_name, alias)
+    source_uri = resolve_uri(source_uri)
     if _identity(source_uri).same_as(_identity(to)):
         raise MlflowException.invalid_parameter_value(
             f"The target of the promotion is the source database itself ({redact(to)}): promote to another "
@@ -111,7 +116,8 @@ def promote(model_uri: str, to: str, source_uri: str | None = None, name: str | 
                    f"{LINEAGE}sha256": stored.sha256}
         if mv.run_id:
             lineage[f"{LINEAGE}run_id"] = mv.run_id
-        promoted = _find_promoted(store.store_uri, target_name, lineage)
+        with connection(to, f"look for an earlier promotion into '{target_name}'") as conn:
+            promoted = _find_promoted(conn, target_name, lineage)
         created = promoted is None
         if created:
             description = src.execute("SELECT description FROM pgm_registered_models WHERE name = %s",
@@ -176,19 +182,30 @@ def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored]:
     return model_version(row[:-3]), _Stored(fmt, size, sha.strip(), files)
 
 
-def _find_promoted(uri: str, name: str, lineage: dict[str, str], conn=None) -> int | None:
-    """The target version that an earlier promotion with this lineage created, if any."""
-    sql = ("SELECT m.version FROM models m WHERE m.name = %s AND m.sha256 = %s AND %s::jsonb <@"
-           " (SELECT coalesce(jsonb_object_agg(t.key, t.value), '{}') FROM pgm_model_version_tags t"
-           "  WHERE t.name = m.name AND t.version = m.version AND t.key LIKE 'pgmodels.promoted\\_from.%%')"
-           " ORDER BY m.version LIMIT 1")
-    params = (name, lineage[f"{LINEAGE}sha256"], json.dumps(lineage))
-    if conn is not None:
-        row = conn.execute(sql, params).fetchone()
-    else:
-        with connection(uri, f"look for an earlier promotion into '{name}'") as own:
-            row = own.execute(sql, params).fetchone()
+def _find_promoted(conn, name: str, lineage: dict[str, str], same_bytes: bool = True) -> int | None:
+    """The target version that an earlier promotion with this lineage created, if any (``same_bytes``:
+    stored with the SHA-256 of the lineage, as a copy from a pgmodels database is)."""
+    row = conn.execute(
+        "SELECT m.version FROM models m WHERE m.name = %s AND (m.sha256 = %s OR NOT %s) AND %s::jsonb <@"
+        " (SELECT coalesce(jsonb_object_agg(t.key, t.value), '{}') FROM pgm_model_version_tags t"
+        "  WHERE t.name = m.name AND t.version = m.version AND t.key LIKE 'pgmodels.promoted\\_from.%%')"
+        " ORDER BY m.version LIMIT 1",
+        (name, lineage[f"{LINEAGE}sha256"], same_bytes, json.dumps(lineage))).fetchone()
     return row[0] if row else None
+
+
+def _preparer(name: str, description: str | None, lineage: dict[str, str],
+              same_bytes: bool = True) -> Callable[[psycopg.Connection], None]:
+    """What runs first in the target's transaction: the lock, the registered model, the lookup."""
+    def prepare(conn) -> None:
+        # promotions into one name, one at a time: the second of two racing ones finds the first's version
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(name),))
+        conn.execute("INSERT INTO pgm_registered_models (name, description) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (name, description))
+        found = _find_promoted(conn, name, lineage, same_bytes)
+        if found is not None:
+            raise _AlreadyPromoted(found)
+    return prepare
 
 
 class _AlreadyPromoted(Exception):
@@ -205,15 +222,6 @@ def _copy(target_uri: str, src, source_uri: str, mv: ModelVersion, stored: _Stor
             if not t.key.startswith((LINEAGE, PROMOTED_TO))}
     new = versions.NewVersion(name=name, source="", run_id=None, description=mv.description,
                               tags={**tags, **lineage})
-
-    def prepare(conn) -> None:
-        # promotions into one name, one at a time: the second of two racing ones finds the first's version
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(name),))
-        conn.execute("INSERT INTO pgm_registered_models (name, description) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                     (name, description))
-        found = _find_promoted(target_uri, name, lineage, conn)
-        if found is not None:
-            raise _AlreadyPromoted(found)
 
     def still_at_source() -> None:
         with connection(source_uri, f"check model '{mv.name}' at the source") as now:
@@ -234,7 +242,8 @@ def _copy(target_uri: str, src, source_uri: str, mv: ModelVersion, stored: _Stor
             versions.IncomingFile(path, size, sha, _piece_reader(src, blob_id, size))
             for path, blob_id, size, sha in stored.files])
     try:
-        created = versions.transfer(target_uri, new, incoming, prepare, still_at_source)
+        created = versions.transfer(target_uri, new, incoming, _preparer(name, description, lineage),
+                                    still_at_source)
     except _AlreadyPromoted as e:
         return e.version, False
     return int(created.version), True
@@ -272,6 +281,59 @@ class _ChunkReader:
             self._offset += len(self._buffer)
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return bytes(out)
+
+
+def _from_stock(source_uri: str, src_name: str, ref: str, to: str, name: str, alias: str | None) -> Promotion:
+    """Promote a version of a stock MLflow registry (sqlite://, postgresql://, http://…): its files are
+    downloaded from the source's artifact store, then registered as in import-registry."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    source = MlflowClient(tracking_uri=source_uri, registry_uri=source_uri)
+    if ref.startswith("@"):
+        mv = source.get_model_version_by_alias(src_name, ref[1:])
+    elif ref == "latest":
+        mv = max(source.get_latest_versions(src_name), key=lambda v: int(v.version))
+    else:
+        mv = source.get_model_version(src_name, ref)
+    store = PgModelsRegistryStore(to)
+    with tempfile.TemporaryDirectory(prefix="pgmodels-promote-") as tmp:
+        files = mlflow.artifacts.download_artifacts(
+            artifact_uri=source.get_model_version_download_uri(mv.name, mv.version), dst_path=tmp,
+            tracking_uri=source_uri)
+        digest = pieces.manifest_digest([(arcname, 0, size, _file_sha256(path))
+                                         for path, arcname, size in archive.model_files(files)])
+        lineage = {f"{LINEAGE}database": _registry_label(source_uri), f"{LINEAGE}name": mv.name,
+                   f"{LINEAGE}version": str(mv.version), f"{LINEAGE}sha256": digest}
+        if mv.run_id:
+            lineage[f"{LINEAGE}run_id"] = mv.run_id
+        tags = {k: v for k, v in (mv.tags or {}).items() if not k.startswith((LINEAGE, PROMOTED_TO))}
+        new = versions.NewVersion(name=name, description=mv.description, tags={**tags, **lineage})
+        description = source.get_registered_model(mv.name).description
+        try:
+            number, created = int(versions.upload(
+                store.store_uri, new, files, _preparer(name, description, lineage, same_bytes=False)).version), True
+        except _AlreadyPromoted as e:
+            number, created = e.version, False
+    if alias:
+        _set_alias(store, name, alias, number)
+    return Promotion(store.get_model_version(name, number), created, alias, False)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _registry_label(uri: str) -> str:
+    """A stock registry's URI as lineage: no user, password or query (sqlite:///x/mlflow.db -> mlflow.db)."""
+    parsed = urllib.parse.urlsplit(uri)
+    where = parsed.path.rsplit("/", 1)[-1] if parsed.scheme.startswith("sqlite") else (
+        f"{parsed.hostname or ''}{':' + str(parsed.port) if parsed.port else ''}{parsed.path}")
+    return f"{parsed.scheme}:{where}"
 
 
 def _set_alias(store: PgModelsRegistryStore, name: str, alias: str, version: int) -> None:

@@ -79,13 +79,14 @@ FILES_MARKER = ("pgmodels: this model version is stored as files in pgm_version_
                 "mlflow.pyfunc.load_model('models:/<name>/<version>') or mlflow_pgmodels.load_model_from_db.\n")
 
 
-def upload(uri: str, new: NewVersion, model_dir: str) -> ModelVersion:
+def upload(uri: str, new: NewVersion, model_dir: str, prepare: Callable | None = None) -> ModelVersion:
     """Register the MLflow model directory ``model_dir`` as the next version.
 
     One zip in ``model_binary`` when it fits in a PostgreSQL value, else the files in pieces.
+    ``prepare(conn)`` runs first in the registration's transaction (see :func:`transfer`).
     """
     with _writer_for(new, model_dir) as write:
-        return _register(uri, new, write)
+        return _register(uri, new, write, prepare=prepare)
 
 
 def from_artifacts(uri: str, new: NewVersion, key: str) -> ModelVersion | None:

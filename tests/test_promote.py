@@ -265,3 +265,23 @@ def test_the_command_promotes_and_shows_no_password(db, target, tmp_path):
     assert same.returncode == 2 and "source database itself" in same.stderr
     for out in (first, second, same):
         assert password not in out.stdout + out.stderr
+
+
+def test_a_version_of_a_stock_mlflow_registry_is_promoted_once(target, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    stock = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(stock)
+    sample.log(sample.regressor(6.0), "churn")
+    MlflowClient().set_model_version_tag("churn", "1", "reviewed", "yes")
+    run_id = MlflowClient().get_model_version("churn", "1").run_id
+    mlflow.set_tracking_uri(None)
+
+    first = promote("models:/churn/1", target.uri, source_uri=stock, alias="champion")
+    again = promote("models:/churn/1", target.uri, source_uri=stock)
+
+    assert (first.created, again.created, int(again.version.version)) == (True, False, 1)
+    tags = first.version.tags
+    assert tags["reviewed"] == "yes" and tags[f"{LINEAGE}run_id"] == run_id
+    assert tags[f"{LINEAGE}database"] == "sqlite:mlflow.db" and tags[f"{LINEAGE}version"] == "1"
+    assert first.version.run_id is None and target.sql("SELECT count(*) FROM models") == [(1,)]
+    np.testing.assert_allclose(_predict(target.uri, "models:/churn@champion"), sample.X[:3, 0] * 6.0)
