@@ -92,12 +92,10 @@ def promote(model_uri: str, to: str, source_uri: str | None = None, name: str | 
     Idempotent: a version already promoted (same source database, name, version and SHA-256) is
     reused and only the alias is (re)applied.
     """
-    if not is_pgmodels_uri(to):
-        raise MlflowException.invalid_parameter_value(
-            f"--to {redact(to)!r} is not a pgmodels:// URI: give the target model database "
-            "(pgmodels://user@host/dbname).")
     src_name, ref = parse_model_uri(model_uri)
     target_name = _name(name or src_name)
+    if not is_pgmodels_uri(to):
+        return _to_stock(resolve_uri(source_uri), src_name, ref, to, target_name, alias)
     if source_uri and not is_pgmodels_uri(source_uri):
         return _from_stock(source_uri, src_name, ref, to, target_name, alias)
     source_uri = resolve_uri(source_uri)
@@ -110,12 +108,7 @@ def promote(model_uri: str, to: str, source_uri: str | None = None, name: str | 
     with connection(source_uri, f"read model '{src_name}' at the source") as src, src.transaction():
         # one snapshot for the metadata and every byte; the source is never written here
         src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        mv, stored = _read_source(src, src_name, ref)
-        database = src.execute("SELECT current_database()").fetchone()[0]
-        lineage = {f"{LINEAGE}database": database, f"{LINEAGE}name": mv.name, f"{LINEAGE}version": str(mv.version),
-                   f"{LINEAGE}sha256": stored.sha256}
-        if mv.run_id:
-            lineage[f"{LINEAGE}run_id"] = mv.run_id
+        mv, stored, lineage = _read_source(src, src_name, ref)
         with connection(to, f"look for an earlier promotion into '{target_name}'") as conn:
             promoted = _find_promoted(conn, target_name, lineage)
         created = promoted is None
@@ -151,7 +144,8 @@ class _Stored:
     files: list[tuple[str, int, int, str]]  # 'files': (path, blob id, size, SHA-256)
 
 
-def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored]:
+def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored, dict[str, str]]:
+    """The version ``ref`` of ``name`` at the source, how it is stored, and its lineage tags."""
     if ref.startswith("@"):
         row = conn.execute("SELECT version FROM pgm_aliases WHERE name = %s AND alias = %s", (name, ref[1:])).fetchone()
         if row is None:
@@ -179,7 +173,17 @@ def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored]:
         files = conn.execute(
             "SELECT f.path, f.blob_id, b.size_bytes, b.sha256 FROM pgm_version_files f JOIN pgm_blobs b"
             " ON b.id = f.blob_id WHERE f.name = %s AND f.version = %s ORDER BY f.path", (name, number)).fetchall()
-    return model_version(row[:-3]), _Stored(fmt, size, sha.strip(), files)
+    mv = model_version(row[:-3])
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    return mv, _Stored(fmt, size, sha.strip(), files), _lineage(database, mv, sha.strip())
+
+
+def _lineage(database: str, mv: ModelVersion, sha256: str) -> dict[str, str]:
+    lineage = {f"{LINEAGE}database": database, f"{LINEAGE}name": mv.name, f"{LINEAGE}version": str(mv.version),
+               f"{LINEAGE}sha256": sha256}
+    if mv.run_id:
+        lineage[f"{LINEAGE}run_id"] = mv.run_id
+    return lineage
 
 
 def _find_promoted(conn, name: str, lineage: dict[str, str], same_bytes: bool = True) -> int | None:
@@ -218,10 +222,8 @@ def _copy(target_uri: str, src, source_uri: str, mv: ModelVersion, stored: _Stor
           lineage: dict[str, str], description: str | None) -> tuple[int, bool]:
     """Write the new target version (and its registered model, if new, with ``description``) in one
     transaction; returns (its number, True), or (the number of an earlier promotion's version, False)."""
-    tags = {t.key: t.value for t in _tags(mv)
-            if not t.key.startswith((LINEAGE, PROMOTED_TO))}
     new = versions.NewVersion(name=name, source="", run_id=None, description=mv.description,
-                              tags={**tags, **lineage})
+                              tags={**_copied_tags(mv), **lineage})
 
     def still_at_source() -> None:
         with connection(source_uri, f"check model '{mv.name}' at the source") as now:
@@ -249,9 +251,10 @@ def _copy(target_uri: str, src, source_uri: str, mv: ModelVersion, stored: _Stor
     return int(created.version), True
 
 
-def _tags(mv: ModelVersion) -> list[ModelVersionTag]:
-    tags = mv.tags
-    return [ModelVersionTag(k, v) for k, v in tags.items()] if isinstance(tags, dict) else list(tags)
+def _copied_tags(mv: ModelVersion) -> dict[str, str]:
+    """The source version's tags that go along (not the lineage of its own promotions)."""
+    tags = mv.tags if isinstance(mv.tags, dict) else {t.key: t.value for t in mv.tags or []}
+    return {k: v for k, v in tags.items() if not k.startswith((LINEAGE, PROMOTED_TO))}
 
 
 def _piece_reader(src, blob_id: int, size: int) -> Callable[[], IO[bytes]]:
@@ -303,11 +306,8 @@ def _from_stock(source_uri: str, src_name: str, ref: str, to: str, name: str, al
             tracking_uri=source_uri)
         digest = pieces.manifest_digest([(arcname, 0, size, _file_sha256(path))
                                          for path, arcname, size in archive.model_files(files)])
-        lineage = {f"{LINEAGE}database": _registry_label(source_uri), f"{LINEAGE}name": mv.name,
-                   f"{LINEAGE}version": str(mv.version), f"{LINEAGE}sha256": digest}
-        if mv.run_id:
-            lineage[f"{LINEAGE}run_id"] = mv.run_id
-        tags = {k: v for k, v in (mv.tags or {}).items() if not k.startswith((LINEAGE, PROMOTED_TO))}
+        lineage = _lineage(_registry_label(source_uri), mv, digest)
+        tags = _copied_tags(mv)
         new = versions.NewVersion(name=name, description=mv.description, tags={**tags, **lineage})
         description = source.get_registered_model(mv.name).description
         try:
@@ -318,6 +318,41 @@ def _from_stock(source_uri: str, src_name: str, ref: str, to: str, name: str, al
     if alias:
         _set_alias(store, name, alias, number)
     return Promotion(store.get_model_version(name, number), created, alias, False)
+
+
+def _to_stock(source_uri: str, src_name: str, ref: str, to: str, name: str, alias: str | None) -> Promotion:
+    """Promote into a stock MLflow registry (``to``: its tracking and registry URI): the files go into
+    a LoggedModel of its default experiment, registered as a version with the lineage tags. The
+    lookup of an earlier promotion takes no lock there: two promotions racing may both register."""
+    from mlflow import MlflowClient
+
+    from mlflow_pgmodels.fetch import DatabaseSource
+
+    with connection(source_uri, f"read model '{src_name}' at the source") as src, src.transaction():
+        src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        mv, _, lineage = _read_source(src, src_name, ref)
+    target = MlflowClient(tracking_uri=to, registry_uri=to)
+    earlier = [v for v in target.search_model_versions(f"tags.`{LINEAGE}sha256` = '{lineage[LINEAGE + 'sha256']}'")
+               if v.name == name and all(v.tags.get(k) == value for k, value in lineage.items())]
+    created = not earlier
+    if created:
+        try:
+            target.get_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            target.create_registered_model(name)
+        with DatabaseSource(source_uri).borrowed(mv.name, int(mv.version)) as model_dir:  # verified by SHA-256
+            logged = target.create_logged_model(experiment_id="0", name=name, tags={**lineage})
+            target.log_model_artifacts(logged.model_id, model_dir)
+            target.finalize_logged_model(logged.model_id, "READY")
+        promoted = target.create_model_version(name, logged.artifact_location, description=mv.description,
+                                               tags={**_copied_tags(mv), **lineage})
+    else:
+        promoted = min(earlier, key=lambda v: int(v.version))
+    if alias:
+        target.set_registered_model_alias(name, alias, promoted.version)
+    return Promotion(target.get_model_version(name, promoted.version), created, alias, False)
 
 
 def _file_sha256(path: str) -> str:

@@ -285,3 +285,19 @@ def test_a_version_of_a_stock_mlflow_registry_is_promoted_once(target, tmp_path,
     assert tags[f"{LINEAGE}database"] == "sqlite:mlflow.db" and tags[f"{LINEAGE}version"] == "1"
     assert first.version.run_id is None and target.sql("SELECT count(*) FROM models") == [(1,)]
     np.testing.assert_allclose(_predict(target.uri, "models:/churn@champion"), sample.X[:3, 0] * 6.0)
+
+
+def test_a_version_is_promoted_into_a_stock_mlflow_registry_once(db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _register(db, tmp_path, slope=8.0, tags={"team": "growth"})
+    (sha,), = db.sql("SELECT sha256 FROM models")
+    stock = f"sqlite:///{tmp_path}/prod.db"
+
+    first = promote("models:/churn/1", stock, source_uri=db.uri, alias="champion")
+    again = promote("models:/churn/1", stock, source_uri=db.uri)
+
+    assert (first.created, again.created, int(again.version.version)) == (True, False, 1)
+    assert first.version.tags["team"] == "growth" and first.version.tags[f"{LINEAGE}sha256"] == sha
+    assert len(MlflowClient(tracking_uri=stock, registry_uri=stock).search_model_versions()) == 1
+    mlflow.set_tracking_uri(stock)
+    np.testing.assert_allclose(_predict(stock, "models:/churn@champion"), sample.X[:3, 0] * 8.0)
