@@ -94,9 +94,14 @@ def promote(model_uri: str, to: str, source_uri: str | None = None, name: str | 
     """
     src_name, ref = parse_model_uri(model_uri)
     target_name = _name(name or src_name)
+    stock_source = bool(source_uri) and not is_pgmodels_uri(source_uri)
+    if stock_source and not is_pgmodels_uri(to):
+        raise MlflowException.invalid_parameter_value(
+            f"Neither {redact(source_uri)!r} nor {redact(to)!r} is a pgmodels:// database: promote needs one "
+            "on at least one side.")
     if not is_pgmodels_uri(to):
         return _to_stock(resolve_uri(source_uri), src_name, ref, to, target_name, alias)
-    if source_uri and not is_pgmodels_uri(source_uri):
+    if stock_source:
         return _from_stock(source_uri, src_name, ref, to, target_name, alias)
     source_uri = resolve_uri(source_uri)
     if _identity(source_uri).same_as(_identity(to)):

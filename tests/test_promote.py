@@ -152,6 +152,8 @@ def test_missing_version_alias_or_model(db, target, tmp_path):
         assert e.error_code == "RESOURCE_DOES_NOT_EXIST", (uri, e.message)
     e = _error(lambda: promote("runs:/abc/model", target.uri, source_uri=db.uri))
     assert e.error_code == "INVALID_PARAMETER_VALUE"
+    e = _error(lambda: promote("models:/churn/1", "sqlite:///b.db", source_uri="sqlite:///a.db"))
+    assert e.error_code == "INVALID_PARAMETER_VALUE" and "pgmodels://" in e.message
     assert target.sql("SELECT count(*) FROM models") == [(0,)]
 
 
