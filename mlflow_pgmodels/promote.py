@@ -5,6 +5,7 @@ into one transaction on the target, chunk by chunk, and checked against the SHA-
 the source before that transaction commits. The target gets a normal new version (its history
 records the creation and its webhooks fire) with the source's description and tags, and the
 lineage a reviewer needs as tags under :data:`LINEAGE`. The source needs only read access.
+Either side may instead be a stock MLflow registry (files downloaded, then registered).
 docs/lifecycle.md has the decisions.
 """
 
