@@ -125,13 +125,16 @@ def test_a_files_version_is_promoted_file_by_file(db, target, tmp_path, monkeypa
 
 def test_a_reader_on_the_source_and_a_writer_on_the_target_are_enough(db, target, tmp_path):
     _register(db, tmp_path)
-    reader = db.tcp_uri(*db.login_role("pgmodels_reader"))
+    user, password = db.login_role("pgmodels_reader")
+    reader = db.tcp_uri(user, password)
     writer = target.tcp_uri(*target.login_role("pgmodels_writer"))
     source_before = [db.sql("SELECT * FROM pgm_model_version_tags"), db.sql("SELECT count(*) FROM pgm_history")]
 
     done = promote("models:/churn/1", writer, source_uri=reader)
 
     assert done.created and not done.recorded_at_source
+    assert done.version.tags[f"{LINEAGE}database"] == db.name
+    assert not [v for v in done.version.tags.values() if password in v or user in v]  # no URI, no secret
     assert [db.sql("SELECT * FROM pgm_model_version_tags"), db.sql("SELECT count(*) FROM pgm_history")] == source_before
     np.testing.assert_allclose(_predict(target.uri, "models:/churn/1"), sample.X[:3, 0] * 3.0)
 
@@ -182,8 +185,14 @@ def _promote_in_child(source: str, target: str, workdir: str, results) -> None:
         results.put((e.error_code, e.message, None))
 
 
-def test_a_version_deleted_at_the_source_during_the_copy_leaves_nothing_on_the_target(db, target, tmp_path):
-    _register(db, tmp_path)
+@pytest.mark.parametrize("as_files", [False, True], ids=["zip", "files"])
+def test_a_version_deleted_at_the_source_during_the_copy_leaves_nothing_on_the_target(db, target, tmp_path,
+                                                                                      monkeypatch, as_files):
+    with monkeypatch.context() as m:
+        if as_files:
+            m.setattr(blobs, "MAX_BLOB_BYTES", 100)
+        _register(db, tmp_path)
+    assert db.sql("SELECT format FROM models") == [("files" if as_files else "mlflow-zip",)]
     before = _target_state(target)
     ctx = procs.context()
     results = ctx.Queue()
