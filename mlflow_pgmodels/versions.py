@@ -215,6 +215,7 @@ def transfer(uri: str, new: NewVersion, incoming: Incoming, prepare: Callable[[p
             _insert_files(conn, new, version, columns, stored)
         before_commit()
 
+    write.copies = True  # streams by COPY: a plain transaction, not a pipelined one (main's _copies)
     return _register(uri, new, write, prepare=prepare)
 
 
