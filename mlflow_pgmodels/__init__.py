@@ -14,10 +14,14 @@ __version__ = "0.1.0"
 
 _HELPERS = ("save_model_to_db", "load_model_from_db", "get_latest_model_version", "deactivate_model",
             "activate_model")
-__all__ = list(_HELPERS)
+__all__ = [*_HELPERS, "promote_version"]
 
 
 def __getattr__(name: str):
+    if name == "promote_version":  # the function of promote.py (``mlflow_pgmodels.promote`` is the module)
+        from mlflow_pgmodels.promote import promote
+
+        return promote
     if name in _HELPERS:
         from mlflow_pgmodels import helpers
 

@@ -94,12 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("action", choices=["status", "stop"])
     embedded.set_defaults(func=_embedded)
 
-    from mlflow_pgmodels import governance_command, import_registry, migrate, webhooks_command
+    from mlflow_pgmodels import governance_command, import_registry, migrate, promote_command, webhooks_command
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)
     webhooks_command.add_parser(sub)
     governance_command.add_parser(sub)
+    promote_command.add_parser(sub)
 
     history = sub.add_parser(
         "history", help="what changed in a registered model, when and by whom (newest first)",
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
         # the URIs of this command, whose passwords the message may quote in any form
-        uris = [getattr(args, "uri", None), getattr(args, "source", None),
+        uris = [getattr(args, "uri", None), getattr(args, "source", None), getattr(args, "to", None),
                 os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")]
         print(f"error: {' '.join(redact(message, *uris).split())}", file=sys.stderr)
         return 2

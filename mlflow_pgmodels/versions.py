@@ -3,8 +3,9 @@
 The ways, one function each: :func:`upload` (the model's files, streamed by binary COPY; past
 PostgreSQL's 1 GB value limit as files in pieces), :func:`from_artifacts` (a LoggedModel or run
 whose files are in the database: assembled inside the database, no byte travels), :func:`copy`
-(a version of this store, copied inside the database), :func:`without_files` (a prompt) and
-:func:`import_numbered` (a version of another registry, keeping its number).
+(a version of this store, copied inside the database), :func:`without_files` (a prompt),
+:func:`import_numbered` (a version of another registry, keeping its number) and :func:`transfer`
+(a version of another pgmodels database, streamed from there: promote.py).
 
 A version is stored one of two ways. ``format = 'mlflow-zip'``: ``model_binary`` is the zip of
 the model directory, as the seed's table always held. ``format = 'files'`` (a model whose zip
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+import psycopg
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, TEMPORARILY_UNAVAILABLE
@@ -77,13 +79,14 @@ FILES_MARKER = ("pgmodels: this model version is stored as files in pgm_version_
                 "mlflow.pyfunc.load_model('models:/<name>/<version>') or mlflow_pgmodels.load_model_from_db.\n")
 
 
-def upload(uri: str, new: NewVersion, model_dir: str) -> ModelVersion:
+def upload(uri: str, new: NewVersion, model_dir: str, prepare: Callable | None = None) -> ModelVersion:
     """Register the MLflow model directory ``model_dir`` as the next version.
 
     One zip in ``model_binary`` when it fits in a PostgreSQL value, else the files in pieces.
+    ``prepare(conn)`` runs first in the registration's transaction (see :func:`transfer`).
     """
     with _writer_for(new, model_dir) as write:
-        return _register(uri, new, write)
+        return _register(uri, new, write, prepare=prepare)
 
 
 def from_artifacts(uri: str, new: NewVersion, key: str) -> ModelVersion | None:
@@ -207,6 +210,65 @@ def _insert_files(conn, new: NewVersion, version: int, columns: dict[str, str],
         [(new.name, version, path, blob_id, size) for path, blob_id, size, _ in files])
 
 
+@dataclass(frozen=True)
+class IncomingFile:
+    """One file of a ``'files'`` version arriving from elsewhere, with the size and SHA-256 it must have."""
+
+    path: str
+    size: int
+    sha256: str
+    open: Callable[[], IO[bytes]]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A version's bytes arriving from elsewhere: one zip (``format = 'mlflow-zip'``) or files
+    (``'files'``), and the SHA-256 of the version (of the zip, or :func:`pieces.manifest_digest`)."""
+
+    format: str
+    size: int
+    sha256: str
+    open_zip: Callable[[], IO[bytes]] | None = None
+    files: list[IncomingFile] = field(default_factory=list)
+
+
+def transfer(uri: str, new: NewVersion, incoming: Incoming, prepare: Callable[[psycopg.Connection], None],
+             before_commit: Callable[[], None]) -> ModelVersion:
+    """Register ``incoming`` as the next version of ``new.name``, its bytes streamed into one
+    transaction and checked against their SHA-256 (DATA_LOSS, nothing kept, on a mismatch).
+
+    Both callbacks run inside that transaction, so that raising there leaves nothing behind:
+    ``prepare(conn)`` first of all (it may lock, or create the registered model), ``before_commit()``
+    once every byte is written.
+    """
+    def write(conn, version: int, columns: dict[str, str]) -> None:
+        if incoming.format == "mlflow-zip":
+            digest = blobs.copy_row_with_blob(
+                conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": incoming.size},
+                "model_binary", incoming.open_zip(), incoming.size, "sha256", progress=f"Copying {new.name}")
+            _check_digest(new.name, digest, incoming.sha256)
+        else:
+            stored = []
+            for f in incoming.files:
+                blob = pieces.write(conn, f.open(), f.size, progress=f"Copying {new.name}: {f.path}")
+                _check_digest(f"{new.name}: {f.path}", blob.sha256, f.sha256)
+                stored.append((f.path, blob.id, blob.size, blob.sha256))
+            _check_digest(new.name, pieces.manifest_digest(stored), incoming.sha256)
+            _insert_files(conn, new, version, columns, stored)
+        before_commit()
+
+    write.copies = True  # streams by COPY: a plain transaction, not a pipelined one (main's _copies)
+    return _register(uri, new, write, prepare=prepare)
+
+
+def _check_digest(what: str, got: str, expected: str) -> None:
+    if got != expected.strip():
+        raise MlflowException(
+            f"The bytes of {what} arrived with SHA-256 {got[:16]}…, not the {expected.strip()[:16]}… recorded for "
+            "them at the source: they are corrupt there or were damaged on the way. Nothing was written. Check "
+            "the source (load the version there) and try again.", error_code=DATA_LOSS)
+
+
 def copy(uri: str, new: NewVersion, src_name: str, src_version: int) -> ModelVersion:
     """Register a copy of version ``src_version`` of ``src_name`` of this store as the next version of ``new.name``."""
     def write(conn, version: int, columns: dict[str, str]) -> None:
@@ -299,7 +361,7 @@ def _empty_writer(new: NewVersion) -> Callable:
 
 
 def _register(uri: str, new: NewVersion, write_row: Callable, number: int | None = None,
-              state: ImportedState | None = None) -> ModelVersion:
+              state: ImportedState | None = None, prepare: Callable | None = None) -> ModelVersion:
     """Write the row under a placeholder number, then number it; returns the new version.
 
     Three round trips for a small model (db.batched_transaction): the registered model's tags
@@ -309,6 +371,8 @@ def _register(uri: str, new: NewVersion, write_row: Callable, number: int | None
     _, other_tags = column_tags.split(new.tags)
     with connection(uri, f"register a version of '{name}'") as conn, _transaction(conn, write_row):
         actor.mark(conn)
+        if prepare is not None:
+            prepare(conn)
         model_tags = conn.execute(
             "SELECT -pg_backend_pid(), t.key, t.value FROM pgm_registered_models r LEFT JOIN pgm_registered_model_tags t"
             " ON t.name = r.name AND t.key = ANY(%s) WHERE r.name = %s",
