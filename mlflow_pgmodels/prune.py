@@ -62,14 +62,14 @@ class Rules:
                 "archived_only": self.archived_only, "keep_tag": KEEP_TAG}
 
 
-# The versions the rules pick, with the total count of their model's versions.
+# The versions the rules pick, with the total count of their model's versions; {names}: which models.
 _CANDIDATES = """
 WITH v AS (
     SELECT m.name, m.version, m.is_active, m.stage, m.created_at,
            row_number() OVER (PARTITION BY m.name ORDER BY m.version DESC) AS rank,
            max(m.version) FILTER (WHERE m.is_active IS NOT FALSE) OVER (PARTITION BY m.name) AS latest,
            count(*) OVER (PARTITION BY m.name) AS total
-    FROM models m WHERE m.name LIKE %(pattern)s AND m.version > 0)
+    FROM models m WHERE {names} AND m.version > 0)
 SELECT v.name, v.version, v.total FROM v
 WHERE (%(keep_last)s::int IS NULL OR v.rank > %(keep_last)s::int)
   AND (%(older_than)s::interval IS NULL OR v.created_at < (now() - %(older_than)s::interval)::timestamp)
@@ -115,7 +115,8 @@ def plan(uri: str, rules: Rules) -> Plan:
                                   "stands for any characters).", RESOURCE_DOES_NOT_EXIST)
         result = Plan(rules)
         emptied = []
-        for name, version, total in conn.execute(_CANDIDATES, rules.params(pattern)).fetchall():
+        candidates = _CANDIDATES.format(names="m.name LIKE %(pattern)s")
+        for name, version, total in conn.execute(candidates, rules.params(pattern)).fetchall():
             result.versions.setdefault(name, []).append(version)
             if len(result.versions[name]) == total:
                 emptied.append(name)
@@ -167,9 +168,12 @@ def execute(uri: str, planned: Plan, store=None) -> Outcome:
     return outcome
 
 
+_ONE_MODEL = _CANDIDATES.format(names="m.name = %(pattern)s")  # an index probe, not a LIKE over every row
+
+
 def _picker(rules: Rules, name: str, planned: list[int]) -> Callable[[psycopg.Connection], list[int]]:
     def pick(conn: psycopg.Connection) -> list[int]:
-        rows = conn.execute(_CANDIDATES, rules.params(space.like_pattern(name))).fetchall()
+        rows = conn.execute(_ONE_MODEL, rules.params(name)).fetchall()
         chosen = [version for _, version, _ in rows if version in planned]
         if rows and len(chosen) == rows[0][2] and not rules.allow_empty:
             return []  # it would empty the model (versions were archived meanwhile)
