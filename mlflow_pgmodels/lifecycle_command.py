@@ -48,9 +48,10 @@ def _prune(args: argparse.Namespace) -> int:
               + ("" if args.dry_run or not planned.count() else
                  "; PostgreSQL reuses the space after (auto)vacuum: `VACUUM (ANALYZE) models, pgm_blob_pieces` "
                  "now makes it reusable at once (docs/lifecycle.md)"))
-    if args.deliveries_older_than:
-        count = prune.prune_deliveries(uri, prune.duration(args.deliveries_older_than), args.dry_run)
-        print(f"{verb} {count} finished webhook deliveries older than {args.deliveries_older_than}")
+    deliveries = args.deliveries_older_than or prune.delivery_retention()
+    if deliveries:
+        count = prune.prune_deliveries(uri, prune.duration(deliveries), args.dry_run)
+        print(f"{verb} {count} finished webhook deliveries older than {deliveries}")
     if args.history_older_than:
         count = prune.prune_history(uri, prune.duration(args.history_older_than), args.dry_run)
         print(f"{verb} {count} history rows older than {args.history_older_than}")
@@ -90,7 +91,8 @@ def add_parser(sub: Any) -> None:
                    help="let a model lose every version (refused otherwise)")
     p.add_argument("--dry-run", action="store_true", help="print what would go and the bytes freed; change nothing")
     p.add_argument("--deliveries-older-than", metavar="DURATION",
-                   help="also delete finished webhook deliveries older than this")
+                   help=f"also delete finished webhook deliveries older than this (default: "
+                        f"${prune.DELIVERY_RETENTION_ENV} when set)")
     p.add_argument("--history-older-than", metavar="DURATION",
                    help="also delete change history older than this (owner of the tables only)")
     p.add_argument("--uri", help=URI_HELP)

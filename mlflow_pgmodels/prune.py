@@ -12,6 +12,7 @@ only versions the plan listed can go, so a version registered after the plan nev
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.schema import ensure_schema
 
 KEEP_TAG = "pgmodels.keep"
+DELIVERY_RETENTION_ENV = "MLFLOW_PGMODELS_DELIVERY_RETENTION"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -179,6 +181,11 @@ def _picker(rules: Rules, name: str, planned: list[int]) -> Callable[[psycopg.Co
             return []  # it would empty the model (versions were archived meanwhile)
         return chosen
     return pick
+
+
+def delivery_retention() -> str | None:
+    """How long finished webhook deliveries are kept when ``prune`` is not told (a duration; None: for ever)."""
+    return os.environ.get(DELIVERY_RETENTION_ENV, "").strip() or None
 
 
 def prune_deliveries(uri: str, older_than: dt.timedelta, dry_run: bool = False) -> int:

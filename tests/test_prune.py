@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,10 +13,10 @@ from mlflow_pgmodels import prune
 from tests import procs, sample
 
 
-def cli(db, *args: str, uri: str | None = None) -> subprocess.CompletedProcess:
+def cli(db, *args: str, uri: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """``mlflow-pgmodels ARGS --uri URI`` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "mlflow_pgmodels.cli", *args, "--uri", uri or db.uri],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 def versions(db, name: str) -> list[int]:
@@ -188,10 +189,12 @@ def test_old_deliveries_go_pending_ones_stay(client, db, hook_url):
     db.sql("UPDATE pgm_webhook_deliveries SET status = 'delivered' WHERE history_id ="
            " (SELECT min(history_id) FROM pgm_webhook_deliveries)")
 
-    run = cli(db, "prune", "--deliveries-older-than", "30d")
+    assert "deleted 0 finished webhook deliveries" in cli(db, "prune", "--deliveries-older-than", "50d").stdout
+    # the setting: every prune run also takes the deliveries older than it
+    run = cli(db, "prune", "--keep-last", "5", env={"MLFLOW_PGMODELS_DELIVERY_RETENTION": "30d"})
 
     assert run.returncode == 0, run.stderr
-    assert "deleted 1 finished webhook deliveries" in run.stdout
+    assert "deleted 1 finished webhook deliveries older than 30d" in run.stdout
     assert db.sql("SELECT status FROM pgm_webhook_deliveries WHERE webhook_id = %s", (hook.webhook_id,)) == [("pending",)]
 
 
