@@ -30,7 +30,7 @@ def like_pattern(name: str) -> str:
     return escaped.replace("*", "%")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: 100,000 of them are made in a fraction of a second
 class VersionSpace:
     """One version: ``bytes`` its own (the zip, or its files no one else references), ``shared_bytes``
     its files that other versions or artifacts reference too."""
@@ -81,8 +81,13 @@ class Usage:
         return self.database_bytes - sum(self.tables.values())
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("models", "experiments")}
         out["other_bytes"] = self.other_bytes()
+        out["models"] = [{"name": m.name, "bytes": m.bytes, "shared_bytes": m.shared_bytes,
+                          "versions": [{"version": v.version, "format": v.format, "size_bytes": v.size_bytes,
+                                        "bytes": v.bytes, "shared_bytes": v.shared_bytes} for v in m.versions]}
+                         for m in self.models]
+        out["experiments"] = [asdict(e) for e in self.experiments]
         return out
 
 
@@ -100,7 +105,6 @@ SELECT m.name, m.version, coalesce(m.format, 'unknown'), m.size_bytes,
        (pg_column_size(m.model_binary) + coalesce(f.own, 0))::bigint, coalesce(f.shared, 0)::bigint
 FROM models m LEFT JOIN files f ON f.name = m.name AND f.version = m.version
 WHERE m.name LIKE %(pattern)s AND m.version > 0
-ORDER BY m.name, m.version
 """
 
 _EXPERIMENTS = """
@@ -148,13 +152,17 @@ def usage(uri: str, name: str | None = None) -> Usage:
 
 def _models(conn: psycopg.Connection, pattern: str) -> list[ModelSpace]:
     models: dict[str, ModelSpace] = {}
-    for row in conn.execute(_VERSIONS, {"pattern": pattern}):
+    for row in conn.execute(_VERSIONS, {"pattern": pattern}).fetchall():
         v = VersionSpace(*row)
-        model = models.setdefault(v.name, ModelSpace(v.name))
+        model = models.get(v.name)
+        if model is None:
+            model = models[v.name] = ModelSpace(v.name)
         model.versions.append(v)
         model.bytes += v.bytes
         model.shared_bytes += v.shared_bytes
-    return list(models.values())
+    for model in models.values():
+        model.versions.sort(key=lambda v: v.version)
+    return [models[name] for name in sorted(models)]
 
 
 def _experiments(conn: psycopg.Connection) -> list[ExperimentSpace]:
