@@ -224,3 +224,22 @@ def test_keep_by_alias_and_off(churn, db):
     assert prune.plan(db.uri, prune.Rules(keep_last=1)).versions == {"churn": [4, 5, 6, 7]}
     bad = cli(db, "keep", "churn/4")
     assert bad.returncode == 2 and "models:/NAME/VERSION" in bad.stderr
+
+
+def test_a_model_governance_keeps_from_the_user_is_left_whole_and_the_others_are_pruned(client, db, tmp_path):
+    from mlflow_pgmodels import governance
+
+    for name in ("team-a-churn", "team-b-fraud"):
+        register(client, tmp_path, name, 3)
+        archive(client, name, 1)
+    db.login_role("pgmodels_writer")  # the groups' rights (sql/roles.sql)
+    team, alice = f"team_a_{db.name}", f"alice_{db.name}"
+    db.sql(f"CREATE ROLE {team} NOLOGIN")
+    db.sql(f"CREATE ROLE {alice} LOGIN PASSWORD 'pw-alice-s3cret' IN ROLE pgmodels_writer, {team}")
+    governance.grant_write_rights(db.uri, team, "team-a-*")  # alice may write only team-a-* models
+
+    run = cli(db, "prune", "--archived-only", uri=db.tcp_uri(alice, "pw-alice-s3cret"))
+
+    assert run.returncode == 1
+    assert "failed team-b-fraud: Permission denied" in run.stdout and "team-a-churn v1" in run.stdout
+    assert versions(db, "team-a-churn") == [2, 3] and versions(db, "team-b-fraud") == [1, 2, 3]
