@@ -205,10 +205,10 @@ def human(n: int) -> str:
 
 def describe(u: Usage, versions: bool) -> list[str]:
     """The lines ``mlflow-pgmodels du`` prints; ``versions``: each version under its model."""
-    lines = [f"database                 {human(u.database_bytes):>10}  (pg_database_size)"]
+    lines = [f"{'database':<26} {human(u.database_bytes):>10}  (pg_database_size)"]
     for table, size in u.tables.items():
-        lines.append(f"  {table:<22} {human(size):>10}")
-    lines.append(f"  {'other (MLflow, catalogs)':<22} {human(u.other_bytes()):>10}")
+        lines.append(f"  {table:<24} {human(size):>10}")
+    lines.append(f"  {'other (MLflow, catalogs)':<24} {human(u.other_bytes()):>10}")
     lines.append(f"model zips in models: {human(u.model_content_bytes)}; file pieces: {human(u.piece_content_bytes)}, "
                  f"of which shared: {human(u.shared_bytes)} in {u.shared_blobs} files (counted once), "
                  f"unreferenced: {human(u.unreferenced_bytes)}")
@@ -219,8 +219,7 @@ def describe(u: Usage, versions: bool) -> list[str]:
             lines.append(f"{m.name:<40} {len(m.versions):>8} {human(m.bytes):>10} {human(m.shared_bytes):>10}")
             if versions:
                 for v in m.versions:
-                    lines.append(f"  v{v.version:<8} {v.format:<10} {'':>19} {human(v.bytes):>10} "
-                                 f"{human(v.shared_bytes):>10}")
+                    lines.append(f"  v{v.version:<8} {v.format:<37} {human(v.bytes):>10} {human(v.shared_bytes):>10}")
     if u.experiments:
         lines.append("")
         lines.append(f"{'experiment':<40} {'runs':>10} {'LoggedModels':>12} {'shared':>10}")
