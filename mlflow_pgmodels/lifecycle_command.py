@@ -19,35 +19,40 @@ def _du(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_versions(args: argparse.Namespace, uri: str) -> int:
+    rules = prune.Rules(name=args.name, keep_last=args.keep_last, archived_only=args.archived_only,
+                        older_than=prune.duration(args.older_than) if args.older_than else None,
+                        allow_empty=args.allow_empty)
+    planned = prune.plan(uri, rules)
+    if args.dry_run:
+        print("\n".join(planned.lines()) + ("\n" if planned.count() else "")
+              + f"would delete {planned.count()} versions of {len(planned.versions)} models, "
+                f"freeing {space.human(planned.freed_bytes)}")
+        return 0
+    outcome = prune.execute(uri, planned)
+    for name, versions in outcome.deleted.items():
+        for v in versions:
+            print(f"{name} v{v}\t{space.human(planned.bytes.get((name, v), 0))}")
+    for name, versions in outcome.kept.items():
+        print(f"kept {name} v{', v'.join(map(str, versions))}: changed since the plan (now protected, or a "
+              "change left it the model's last version)")
+    for name, message in outcome.failed.items():
+        print(f"failed {name}: {message}")
+    deleted = [(name, v) for name, versions in outcome.deleted.items() for v in versions]
+    freed = planned.freed_bytes if len(deleted) == planned.count() else sum(planned.bytes.get(d, 0) for d in deleted)
+    print(f"deleted {len(deleted)} versions of {len(outcome.deleted)} models, freeing {space.human(freed)}"
+          + ("; PostgreSQL reuses the space after (auto)vacuum: `VACUUM (ANALYZE) models, pgm_blob_pieces` "
+             "makes it reusable now (docs/lifecycle.md)" if deleted else ""))
+    return 1 if outcome.failed else 0
+
+
 def _prune(args: argparse.Namespace) -> int:
     uri = resolve_uri(args.uri)
     verb = "would delete" if args.dry_run else "deleted"
     status = 0
     if args.keep_last is not None or args.older_than or args.archived_only or not (
             args.deliveries_older_than or args.history_older_than):
-        rules = prune.Rules(name=args.name, keep_last=args.keep_last, archived_only=args.archived_only,
-                            older_than=prune.duration(args.older_than) if args.older_than else None,
-                            allow_empty=args.allow_empty)
-        planned = prune.plan(uri, rules)
-        if args.dry_run:
-            for line in planned.lines():
-                print(line)
-        else:
-            outcome = prune.execute(uri, planned)
-            for name, versions in outcome.deleted.items():
-                for v in versions:
-                    print(f"{name} v{v}\t{space.human(planned.bytes.get((name, v), 0))}")
-            for name, versions in outcome.kept.items():
-                print(f"kept {name} v{', v'.join(map(str, versions))}: changed since the plan (now protected "
-                      "or registered meanwhile)")
-            for name, message in outcome.failed.items():
-                print(f"failed {name}: {message}")
-                status = 1
-        print(f"{verb} {planned.count()} versions of {len(planned.versions)} models, "
-              f"freeing {space.human(planned.freed_bytes)}"
-              + ("" if args.dry_run or not planned.count() else
-                 "; PostgreSQL reuses the space after (auto)vacuum: `VACUUM (ANALYZE) models, pgm_blob_pieces` "
-                 "now makes it reusable at once (docs/lifecycle.md)"))
+        status = _prune_versions(args, uri)
     deliveries = args.deliveries_older_than or prune.delivery_retention()
     if deliveries:
         count = prune.prune_deliveries(uri, prune.duration(deliveries), args.dry_run)

@@ -130,7 +130,7 @@ def plan(uri: str, rules: Rules) -> Plan:
                 "those registered models without versions.", INVALID_PARAMETER_VALUE)
         pairs = [(n, v) for n, vs in result.versions.items() for v in vs]
         if pairs:
-            for model in space._models(conn, pattern):
+            for model in space.model_usage(conn, pattern):
                 for v in model.versions:
                     if v.version in result.versions.get(v.name, ()):
                         result.bytes[v.name, v.version] = v.bytes

@@ -138,7 +138,7 @@ def usage(uri: str, name: str | None = None) -> Usage:
     ensure_schema(uri)
     pattern = like_pattern(name) if name else "%"
     with read_connection(uri, "measure the store's size") as conn:
-        models = _models(conn, pattern)
+        models = model_usage(conn, pattern)
         experiments = [] if name else _experiments(conn)
         sizes = conn.execute(
             "SELECT pg_database_size(current_database()), "
@@ -150,7 +150,8 @@ def usage(uri: str, name: str | None = None) -> Usage:
                  shared_bytes=shared, shared_blobs=shared_blobs, unreferenced_bytes=unreferenced)
 
 
-def _models(conn: psycopg.Connection, pattern: str) -> list[ModelSpace]:
+def model_usage(conn: psycopg.Connection, pattern: str) -> list[ModelSpace]:
+    """The models whose names match the LIKE ``pattern``, each with its versions' bytes, by name."""
     models: dict[str, ModelSpace] = {}
     for row in conn.execute(_VERSIONS, {"pattern": pattern}).fetchall():
         v = VersionSpace(*row)
