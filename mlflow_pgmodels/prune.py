@@ -106,14 +106,16 @@ def plan(uri: str, rules: Rules) -> Plan:
     """The versions ``rules`` would delete now, and the bytes that frees; nothing is changed.
 
     A rule that would leave a model without versions is INVALID_PARAMETER_VALUE unless
-    ``rules.allow_empty``; a name matching no registered model is RESOURCE_DOES_NOT_EXIST.
+    ``rules.allow_empty``; a name (without ``*``) that is no registered model is RESOURCE_DOES_NOT_EXIST,
+    a pattern matching none plans nothing (a nightly prune on a new store).
     """
     rules.check()
     ensure_schema(uri)
     pattern = space.like_pattern(rules.name)
     with read_connection(uri, "plan a prune") as conn:
-        if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name LIKE %s LIMIT 1", (pattern,)).fetchone():
-            raise MlflowException(f"No registered model matches {rules.name!r} (names are case-sensitive; '*' "
+        if "*" not in rules.name and not conn.execute(
+                "SELECT 1 FROM pgm_registered_models WHERE name = %s", (rules.name,)).fetchone():
+            raise MlflowException(f"There is no registered model {rules.name!r} (names are case-sensitive; '*' "
                                   "stands for any characters).", RESOURCE_DOES_NOT_EXIST)
         result = Plan(rules)
         emptied = []

@@ -118,11 +118,16 @@ def test_a_rule_that_would_empty_a_model_is_refused_unless_allowed(client, db, t
     ((), "prune needs a rule"),
     (("--keep-last", "0"), "keep at least 1"),
     (("--older-than", "30 days"), "Invalid duration"),
-    (("--keep-last", "1", "--name", "nothing*"), "No registered model matches"),
+    (("--keep-last", "1", "--name", "Churn"), "There is no registered model 'Churn'"),
 ])
 def test_bad_rules_are_refused_with_a_message(db, args, message):
     run = cli(db, "prune", *args)
     assert run.returncode == 2 and message in run.stderr
+
+
+def test_a_pattern_matching_no_model_prunes_nothing(db):
+    run = cli(db, "prune", "--keep-last", "3", "--name", "churn*")
+    assert run.returncode == 0 and run.stdout.startswith("deleted 0 versions of 0 models")
 
 
 def _alias_and_register(uri: str, workdir: str, path: str) -> None:
