@@ -142,6 +142,8 @@ def plan(uri: str, rules: Rules) -> Plan:
 
 @dataclass
 class Outcome:
+    """What :func:`execute` did, per model."""
+
     deleted: dict[str, list[int]] = field(default_factory=dict)
     kept: dict[str, list[int]] = field(default_factory=dict)   # planned, but protected or changed meanwhile
     failed: dict[str, str] = field(default_factory=dict)        # model -> error message
@@ -175,7 +177,9 @@ def execute(uri: str, planned: Plan, store=None) -> Outcome:
 _ONE_MODEL = _CANDIDATES.format(names="m.name = %(pattern)s")  # an index probe, not a LIKE over every row
 
 
-def _picker(rules: Rules, name: str, planned: list[int]) -> Callable[[psycopg.Connection], list[int]]:
+def _picker(rules: Rules, name: str, versions: list[int]) -> Callable[[psycopg.Connection], list[int]]:
+    planned = set(versions)
+
     def pick(conn: psycopg.Connection) -> list[int]:
         rows = conn.execute(_ONE_MODEL, rules.params(name)).fetchall()
         chosen = [version for _, version, _ in rows if version in planned]
