@@ -94,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("action", choices=["status", "stop"])
     embedded.set_defaults(func=_embedded)
 
-    from mlflow_pgmodels import governance_command, import_registry, migrate, promote_command, webhooks_command
+    from mlflow_pgmodels import (governance_command, import_registry, lifecycle_command, migrate, promote_command,
+                                 webhooks_command)
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)
     webhooks_command.add_parser(sub)
     governance_command.add_parser(sub)
+    lifecycle_command.add_parser(sub)
     promote_command.add_parser(sub)
 
     history = sub.add_parser(

@@ -309,6 +309,30 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
                 raise version_not_found(name, version)
             self._touch_rm(conn, name)
 
+    def delete_model_versions_checked(self, name: str, pick) -> list[int]:
+        """Delete the versions of ``name`` that ``pick(conn)`` returns, in one transaction (``mlflow-pgmodels prune``).
+
+        ``pick`` runs twice: once with the registered model's row locked (registrations of the name,
+        stage changes and aliases wait), once more with the picked versions' rows locked too (tag
+        and description changes wait); only versions picked both times are deleted. So a change
+        committed meanwhile by anyone is seen before anything goes. History, webhooks and
+        governance triggers see each delete, as with :meth:`delete_model_version`.
+        """
+        _validate_model_name(name)
+        with self._write(f"delete versions of model '{name}'") as conn:
+            if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s FOR NO KEY UPDATE",
+                                (name,)).fetchone():
+                return []
+            first = pick(conn)
+            if not first:
+                return []
+            conn.execute("SELECT 1 FROM models WHERE name = %s AND version = ANY(%s) FOR UPDATE", (name, first))
+            chosen = sorted(set(first) & set(pick(conn)))
+            if chosen:
+                conn.execute("DELETE FROM models WHERE name = %s AND version = ANY(%s)", (name, chosen))
+                self._touch_rm(conn, name)
+            return chosen
+
     def get_model_version(self, name, version):
         _validate_model_name(name)
         version = _version(version)
