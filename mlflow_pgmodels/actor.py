@@ -7,7 +7,9 @@ then the only name the history has.
 
 from __future__ import annotations
 
-import os
+import getpass
+
+from mlflow_pgmodels._mlflow import in_server
 
 
 def mlflow_user() -> str | None:
@@ -16,7 +18,7 @@ def mlflow_user() -> str | None:
     Inside ``mlflow server``: the authenticated user of the request (basic auth), else unknown.
     Elsewhere: the user MLflow records on runs (``MLFLOW_TRACKING_USERNAME``, else the OS user).
     """
-    if os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE"):
+    if in_server():
         try:
             from flask import has_request_context, request
         except ImportError:
@@ -28,11 +30,10 @@ def mlflow_user() -> str | None:
 
 
 def _client_user() -> str | None:
-    from mlflow.tracking.context.default_context import _get_user
     from mlflow.utils.credentials import read_mlflow_creds
 
     try:
-        return read_mlflow_creds().username or _get_user()
+        return read_mlflow_creds().username or getpass.getuser()
     except Exception:  # no user name at all (e.g. a uid without a passwd entry)
         return None
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import IO
 
 import psycopg
+from psycopg import sql
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import pieces
+from mlflow_pgmodels._mlflow import EXPERIMENTS_TABLE
 from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.schema import ensure_schema
 from mlflow_pgmodels.uri import ARTIFACTS_SCHEME
@@ -177,8 +179,9 @@ def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str
         return 0
     low, high = under(key)
     with connection(uri, "delete an experiment's artifacts") as conn:
-        return conn.execute(
+        return conn.execute(sql.SQL(
             "DELETE FROM pgm_artifacts a WHERE a.path >= %s AND a.path < %s AND NOT EXISTS ("
-            " SELECT 1 FROM experiments e WHERE e.experiment_id <> %s AND e.artifact_location LIKE %s"
-            " AND starts_with(a.path, ltrim(substr(e.artifact_location, %s), '/') || '/'))",
+            " SELECT 1 FROM {experiments} e WHERE e.experiment_id <> %s AND e.artifact_location LIKE %s"
+            " AND starts_with(a.path, ltrim(substr(e.artifact_location, %s), '/') || '/'))").format(
+                experiments=sql.Identifier(EXPERIMENTS_TABLE)),
             (low, high, int(experiment_id), ARTIFACTS_SCHEME + ":%", len(ARTIFACTS_SCHEME) + 2)).rowcount

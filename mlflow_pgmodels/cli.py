@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; any error is one ``error: ...`` line (a traceback with MLFLOW_PGMODELS_DEBUG=1)."""
+    from mlflow_pgmodels import _mlflow
+
     args = build_parser().parse_args(argv)
     try:
+        _mlflow.require()
         return args.func(args)
     except Exception as e:
         if os.environ.get("MLFLOW_PGMODELS_DEBUG", "") not in ("", "0"):

@@ -13,12 +13,14 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    from mlflow_pgmodels import _mlflow
     from mlflow_pgmodels.db import connection
     from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
     from mlflow_pgmodels.artifact_root import default_artifact_root
     from mlflow_pgmodels.uri import remember_store, to_sqlalchemy_url
 
+    _mlflow.require()
     refuse_workspaces()
     remember_store(store_uri)
     artifact_uri = default_artifact_root(artifact_uri)
@@ -55,16 +57,14 @@ def _for_poolers(engine) -> None:
 def _experiment_files_go_with_it(store, store_uri: str) -> None:
     """``mlflow gc``: a permanently deleted experiment takes the files below its database root
     with it (its LoggedModels' and traces', which gc does not delete one by one)."""
+    from mlflow_pgmodels._mlflow import before_hard_delete_experiment
     from mlflow_pgmodels.artifacts import delete_experiment_files
 
-    hard_delete = store._hard_delete_experiment
-
-    def hard_delete_with_files(experiment_id):
+    def delete_files(experiment_id) -> None:
         experiment = store.get_experiment(experiment_id)
         delete_experiment_files(store_uri, experiment.experiment_id, experiment.artifact_location)
-        hard_delete(experiment_id)
 
-    store._hard_delete_experiment = hard_delete_with_files
+    before_hard_delete_experiment(store, delete_files)
 
 
 def _quiet_aborted_pipelines() -> None:
