@@ -186,7 +186,16 @@ def _takes(function: Callable, params: tuple[str, ...]) -> bool:
 # ------------------------------------------------------------------------ validation (private)
 _V = "mlflow.utils.validation"
 validate_model_name = resolve(_V, "_validate_model_name", params=("model_name",))
-validate_model_version = resolve(_V, "_validate_model_version", params=("model_version",))
+_validate_model_version = resolve(_V, "_validate_model_version", params=("model_version",))
+
+
+def validate_model_version(version: Any) -> int:
+    """MLflow's check of a version number (str from REST, int from Python); the number as int
+    (older MLflow validators return None)."""
+    checked = _validate_model_version(version)
+    return int(version) if checked is None else checked
+
+
 validate_model_renaming = resolve(_V, "_validate_model_renaming", params=("model_new_name",))
 validate_registered_model_tag = resolve(_V, "_validate_registered_model_tag", params=("key", "value"))
 validate_model_version_tag = resolve(_V, "_validate_model_version_tag", params=("key", "value"))
