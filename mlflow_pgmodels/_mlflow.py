@@ -26,6 +26,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from typing import Any
@@ -306,6 +307,36 @@ def download_through_server_proxy(uri: str, dst: str) -> str | None:
     if not servable(uri):
         return None
     return repository().download_artifacts(destination_path(uri), dst_path=dst)
+
+
+def tolerate_half_imported_auth_module() -> None:
+    """Inside ``mlflow server`` 3.18: its assistant API must not fail while another request imports
+    ``mlflow.server.auth``.
+
+    MLflow's bug, on any 3.18 server without the ``mlflow[auth]`` extra (Flask-WTF): every
+    ``search_runs`` request imports ``mlflow.server.auth``, which takes seconds and then fails on the
+    missing Flask-WTF; meanwhile the module sits half-imported in ``sys.modules``, and the assistant
+    API's ``auth_plugin_active()`` reads ``is_auth_enabled`` off it: AttributeError ("partially
+    initialized module … most likely due to a circular import"), a traceback in the server log and
+    an HTTP 500 in the UI. The replacement reads the flag only once the module defines it (the auth
+    app is never on before then: its factory imports the whole module first). Once per process.
+    """
+    if not in_server():
+        return
+    try:
+        identity = importlib.import_module("mlflow.server.assistant.identity")
+    except ImportError:  # MLflow before the assistant's identity checks: nothing to race
+        return
+    current = getattr(identity, "auth_plugin_active", None)
+    if current is None or getattr(current, "_pgmodels", False):
+        return
+
+    def auth_plugin_active() -> bool:
+        is_auth_enabled = getattr(sys.modules.get("mlflow.server.auth"), "is_auth_enabled", None)
+        return bool(is_auth_enabled and is_auth_enabled())
+
+    auth_plugin_active._pgmodels = True
+    identity.auth_plugin_active = auth_plugin_active
 
 
 def route_server_webhook_delivery(skip: Callable[[Any, Any], bool]) -> None:

@@ -60,6 +60,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
         _mlflow.require()  # an MLflow without what the store needs: say so here, not a silent unregistered scheme
+        _mlflow.tolerate_half_imported_auth_module()
         super().__init__(store_uri=store_uri, tracking_uri=tracking_uri)
         refuse_workspaces()
         to_conninfo(store_uri)  # a clear error for a URI of another scheme

@@ -21,6 +21,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow_pgmodels.uri import remember_store, to_sqlalchemy_url
 
     _mlflow.require()
+    _mlflow.tolerate_half_imported_auth_module()
     refuse_workspaces()
     remember_store(store_uri)
     artifact_uri = default_artifact_root(artifact_uri)
