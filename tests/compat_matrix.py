@@ -83,8 +83,10 @@ def _summary(output: str) -> str:
 
 
 def smoke(venv: Path) -> str:
+    """tests/test_compat_smoke.py's counts; its output in ``<venv>.smoke.log``."""
     done = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "tests/test_compat_smoke.py", "-q",
                            "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+    Path(f"{venv}.smoke.log").write_text(done.stdout + done.stderr)
     return _summary(done.stdout)
 
 
