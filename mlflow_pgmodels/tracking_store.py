@@ -13,7 +13,9 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from mlflow_pgmodels import _mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_pgmodels import _mlflow, mlflow_schema
     from mlflow_pgmodels.db import connection
     from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
@@ -30,7 +32,16 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     # A transaction-scoped lock, held by a transaction that stays open while MLflow's store starts
     # (on its own connections): it ends with the transaction even behind a transaction pooler.
     with connection(store_uri, "prepare MLflow's tracking tables") as conn, schema_lock(conn):
-        store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
+        found = mlflow_schema.revision(conn)
+        mlflow_schema.refuse_newer(conn)  # a newer MLflow's migrations: say so, not "out-of-date"
+        try:
+            store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
+        except MlflowException as e:
+            if found is not None and "out-of-date database schema" in e.message:
+                raise mlflow_schema.older_schema_error(found) from None
+            raise
+        if found is None:
+            mlflow_schema.record_upgrader(conn)
     _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _experiment_files_go_with_it(store, store_uri)
