@@ -30,19 +30,23 @@ def revision(conn: psycopg.Connection) -> str | None:
 
 
 def upgraded_by(conn: psycopg.Connection) -> str | None:
-    """The MLflow release that last migrated the tables through this package, where recorded."""
+    """The MLflow release that migrated the tables to their current revision, where this package
+    recorded it (an upgrade by MLflow alone leaves an older record, which does not count)."""
     row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
                        (_mlflow.ALEMBIC_VERSION_TABLE,)).fetchone()
-    comment = row[0] if row else None
-    return comment.split(_MARK, 1)[1].split()[0] if comment and _MARK in comment else None
+    words = (row[0] or "").split() if row else []
+    if len(words) < 7 or " ".join(words[:3]) != _MARK.strip() or words[4:6] != ["to", "revision"]:
+        return None
+    return words[3] if words[6] == revision(conn) else None
 
 
 def record_upgrader(conn: psycopg.Connection) -> None:
     """Name the installed MLflow as the one that migrated the tables (a comment on alembic_version)."""
-    if conn.execute("SELECT to_regclass(%s)", (_mlflow.ALEMBIC_VERSION_TABLE,)).fetchone()[0] is not None:
+    current = revision(conn)
+    if current is not None:
         conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
             sql.Identifier(_mlflow.ALEMBIC_VERSION_TABLE),
-            sql.Literal(f"{_MARK}{_mlflow.MLFLOW_VERSION} (mlflow-pgmodels)")))
+            sql.Literal(f"{_MARK}{_mlflow.MLFLOW_VERSION} to revision {current} (mlflow-pgmodels)")))
 
 
 def newer_mlflow_error(conn: psycopg.Connection, found: str) -> MlflowException:
