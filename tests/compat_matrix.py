@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [header, "|---|---|---|---|---|"]
     print(header, flush=True)
     failed = False
+    totals = {"passed": 0, "failed": 0}
     for version in versions:
         started = time.monotonic()
         venv, route = install(version)
@@ -126,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             result = (route, "-", "-")
         else:
             result = (route, smoke(venv), "not run (--no-peer)" if args.no_peer else peer_suite(version))
-        failed |= "failed" in result[1] or "error" in result[1]
+        failed |= "failed" in result[1] or "error" in result[1] or route == "install failed"
+        for n, what in re.findall(r"(\d+) (passed|failed|error)", result[1]):
+            totals["failed" if what == "error" else what] += int(n)
         row = f"| {version} | {' | '.join(result)} | {(time.monotonic() - started) / 60:.1f} |"
         rows.append(row)
         print(row, flush=True)
         if args.out:
             args.out.write_text("\n".join(rows) + "\n")
+    print(f"compat smoke: {totals['passed']} passed, {totals['failed']} failed")
     return 1 if failed else 0
 
 
