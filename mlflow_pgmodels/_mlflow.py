@@ -222,7 +222,7 @@ generate_hmac_signature = resolve("mlflow.webhooks.delivery", "_generate_hmac_si
 
 def webhook_http_adapter() -> Any:
     """The transport adapter for webhook deliveries: MLflow's, which checks at connect time that
-    the peer is no private address (SSRF), where the installed MLflow has one (not 3.11 to 3.13.0),
+    the peer is no private address (SSRF), where the installed MLflow has one (not 3.11 to 3.14),
     else requests' own (what MLflow itself delivers through there). No retries of its own."""
     try:
         ssrf = importlib.import_module("mlflow.webhooks.ssrf")
