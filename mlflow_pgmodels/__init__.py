@@ -8,7 +8,26 @@ imported on first use, because MLflow loads this package while ``import mlflow``
 # entry points (artifact_repo, tracking_store), and a module that is itself half-imported at that
 # moment (``import mlflow_pgmodels.uri`` as a program's first import) would fail to register, with
 # only a warning. When mlflow is the one importing us, this gets its half-built module: harmless.
-import mlflow  # noqa: F401  (importing it is the point)
+import os as _os
+import sys as _sys
+import warnings as _warnings
+
+
+def _run_as_command() -> bool:
+    """Whether this process is the ``mlflow-pgmodels`` command (console script or ``-m mlflow_pgmodels.cli``)."""
+    argv = getattr(_sys, "orig_argv", _sys.argv)
+    return (_os.path.basename(_sys.argv[0] if _sys.argv else "") == "mlflow-pgmodels"
+            or any(a == "-m" and b == "mlflow_pgmodels.cli" for a, b in zip(argv, argv[1:])))
+
+
+if _run_as_command():
+    # A command's stderr holds only what it means to say: not what MLflow warns while it is
+    # imported (e.g. "Versions of mlflow … and child packages … are different").
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        import mlflow  # noqa: F401  (importing it is the point)
+else:
+    import mlflow  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -7,9 +7,9 @@ then the only name the history has.
 
 from __future__ import annotations
 
-import os
+import getpass
 
-from mlflow_pgmodels._mlflow import authenticated_server_user
+from mlflow_pgmodels._mlflow import authenticated_server_user, in_server
 
 
 def mlflow_user() -> str | None:
@@ -19,17 +19,16 @@ def mlflow_user() -> str | None:
     none without an authentication app (the request's ``Authorization`` header is then unchecked).
     Elsewhere: the user MLflow records on runs (``MLFLOW_TRACKING_USERNAME``, else the OS user).
     """
-    if os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE"):
+    if in_server():
         return authenticated_server_user()
     return _client_user()
 
 
 def _client_user() -> str | None:
-    from mlflow.tracking.context.default_context import _get_user
     from mlflow.utils.credentials import read_mlflow_creds
 
     try:
-        return read_mlflow_creds().username or _get_user()
+        return read_mlflow_creds().username or getpass.getuser()
     except Exception:  # no user name at all (e.g. a uid without a passwd entry)
         return None
 

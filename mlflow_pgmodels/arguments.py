@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import _validate_model_name, _validate_model_version
+
+from mlflow_pgmodels._mlflow import validate_model_name, validate_model_version
 
 MAX_NAME = 255
 MAX_VERSION = 2**31 - 1  # models.version is an INTEGER
 
 def version(version: Any) -> int:
     """A version number as int (str from REST, int from Python), refused unless 1 … 2**31-1."""
-    number = _validate_model_version(version)
+    number = validate_model_version(version)
     if not 0 < number <= MAX_VERSION:
         raise MlflowException.invalid_parameter_value(
             f"Invalid version {version!r}: versions are whole numbers from 1 to {MAX_VERSION}")
@@ -20,7 +21,7 @@ def version(version: Any) -> int:
 
 
 def name(name: Any) -> str:
-    _validate_model_name(name)
+    validate_model_name(name)
     if len(name) > MAX_NAME:
         raise MlflowException.invalid_parameter_value(
             f"Model name is {len(name)} characters long; at most {MAX_NAME} are allowed")

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels import cache
+from mlflow_pgmodels import _mlflow, cache
 from mlflow_pgmodels.fetch import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST, VIRTUAL_DIR, DatabaseSource, ServerSource
 from mlflow_pgmodels.uri import download_uri, is_pgmodels_uri, parse_download_uri, parse_model_root
 
@@ -157,8 +157,7 @@ class PgModelsArtifactRepository(ArtifactRepository):
 
 
 def _server_registry_uri() -> str | None:
-    # set by `mlflow server` for its workers
-    return os.environ.get("_MLFLOW_SERVER_REGISTRY_STORE")
+    return os.environ.get(_mlflow.SERVER_REGISTRY_STORE_ENV)
 
 
 def _immutable() -> MlflowException:

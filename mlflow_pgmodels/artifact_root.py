@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 
+from mlflow_pgmodels._mlflow import (
+    SERVER_ARTIFACT_DESTINATION_ENV as _SERVER_DESTINATION_ENV,
+    SERVER_ARTIFACT_ROOT_ENV as _SERVER_ROOT_ENV,
+    SERVER_BACKEND_STORE_ENV as _SERVER_BACKEND_ENV,
+    SERVER_DEFAULT_ARTIFACT_ROOT as _SERVER_DEFAULT_ROOT,
+    SERVER_REGISTRY_STORE_ENV as _SERVER_REGISTRY_ENV,
+)
 from mlflow_pgmodels.uri import DATABASE_ARTIFACT_ROOT, is_pgmodels_uri
-
-# set by `mlflow server` for its workers
-_SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
-_SERVER_REGISTRY_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"
-_SERVER_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
-_SERVER_DESTINATION_ENV = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
-_SERVER_DEFAULT_ROOT = "mlflow-artifacts:/"
 
 
 def default_artifact_root(given: str | None) -> str:

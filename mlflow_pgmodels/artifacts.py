@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import IO
 
 import psycopg
+from psycopg import sql
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import pieces
+from mlflow_pgmodels._mlflow import EXPERIMENTS_TABLE
 from mlflow_pgmodels.db import connection, read_connection
 from mlflow_pgmodels.schema import ensure_schema
 from mlflow_pgmodels.uri import ARTIFACTS_SCHEME
@@ -216,8 +218,9 @@ def delete_experiment_files(uri: str, experiment_id: str, artifact_location: str
     low, high = under(key)
     with connection(uri, "delete an experiment's artifacts") as conn:
         with conn.transaction():
-            others = conn.execute("SELECT artifact_location FROM experiments WHERE experiment_id <> %s"
-                                  " AND artifact_location LIKE %s",
+            others = conn.execute(sql.SQL("SELECT artifact_location FROM {experiments} WHERE experiment_id <> %s"
+                                          " AND artifact_location LIKE %s").format(
+                                              experiments=sql.Identifier(EXPERIMENTS_TABLE)),
                                   (int(experiment_id), ARTIFACTS_SCHEME + ":%")).fetchall()
             # normalised as this root is (root_key), so no spelling of an inner root escapes
             kept = sorted({k for k in map(_key_or_none, (loc for loc, in others))

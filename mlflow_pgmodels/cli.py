@@ -14,12 +14,27 @@ from mlflow.exceptions import MlflowException
 from mlflow_pgmodels.uri import URI_HELP, redact, resolve_uri
 
 def _db(args: argparse.Namespace) -> int:
+    from mlflow_pgmodels import _mlflow, mlflow_schema
     from mlflow_pgmodels.db import connection
-    from mlflow_pgmodels.schema import SCHEMA_VERSION, upgrade
+    from mlflow_pgmodels.schema import SCHEMA_VERSION, schema_lock, upgrade
     from mlflow_pgmodels.tracking_store import build_tracking_store
+    from mlflow_pgmodels.uri import to_sqlalchemy_url
 
     uri = resolve_uri(args.uri)
+    with connection(uri, f"{args.action} the schema") as conn:
+        plan = mlflow_schema.plan(conn, registry_only=args.registry_only)
+    print(f"{'would change' if args.dry_run else 'changes'} in {redact(uri)}:")
+    for line in plan.describe():
+        print(f"  {line}")
+    if args.dry_run:
+        print("nothing changed (--dry-run)" if plan.changes_anything else "nothing to change")
+        return 0
     if not args.registry_only:
+        if plan.migrations:
+            with connection(uri, "upgrade MLflow's tracking tables") as conn, schema_lock(conn):
+                mlflow_schema.refuse_newer(conn)
+                _mlflow.upgrade_mlflow_schema(to_sqlalchemy_url(uri))
+                mlflow_schema.record_upgrader(conn)
         # MLflow's tables first: `mlflow db upgrade` refuses a database that has only ours
         build_tracking_store(uri, artifact_uri=os.environ.get("MLFLOW_ARTIFACT_ROOT"))
     with connection(uri, f"{args.action} the pgmodels schema") as conn:
@@ -78,11 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage an MLflow model registry kept in PostgreSQL (the `models` table).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="create or upgrade the schema (MLflow's tables and the models table)")
+    db = sub.add_parser("db", help="create or upgrade the schema (MLflow's tables and the models table)",
+                        description="Prints what it changes (MLflow's Alembic revision from/to, the pgmodels "
+                                    "schema version from/to), then changes it; --dry-run only prints.")
     db.add_argument("action", choices=["init", "upgrade"], help="both are idempotent")
     db.add_argument("--uri", help=URI_HELP)
     db.add_argument("--registry-only", action="store_true",
                     help="only the pgmodels tables, not MLflow's tracking tables")
+    db.add_argument("--dry-run", action="store_true",
+                    help="print what would change (MLflow's migrations, the pgmodels schema version) and stop")
     db.set_defaults(func=_db)
 
     cache = sub.add_parser("cache", help="list or clear the local cache of downloaded versions")
@@ -121,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; any error is one ``error: ...`` line (a traceback with MLFLOW_PGMODELS_DEBUG=1)."""
+    from mlflow_pgmodels import _mlflow
+
     args = build_parser().parse_args(argv)
     try:
+        _mlflow.require()
         return args.func(args)
     except Exception as e:
         if os.environ.get("MLFLOW_PGMODELS_DEBUG", "") not in ("", "0"):

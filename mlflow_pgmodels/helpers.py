@@ -28,12 +28,15 @@ from mlflow.entities.model_registry.model_version_stages import STAGE_ARCHIVED, 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
+from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels.uri import resolve_uri
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.reads import read_connection
 from mlflow_pgmodels.entities import ACTIVE_SQL
 from mlflow_pgmodels.search import latest_active_version
 from mlflow_pgmodels.uri import redact
+
+_mlflow.require()  # an MLflow without what this package needs fails here, saying what to do
 
 __all__ = ["save_model_to_db", "load_model_from_db", "get_latest_model_version", "deactivate_model",
            "activate_model"]

@@ -29,13 +29,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_stages import get_canonical_stage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, ErrorCode
-from mlflow.store.artifact.utils.models import _parse_model_uri
 
+from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels.db import catch_up, require_session, translate_errors
 from mlflow_pgmodels.fetch import DatabaseSource
 from mlflow_pgmodels.history import CHANNEL, parse_notification
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from mlflow_pgmodels.uri import redact, resolve_uri, to_conninfo
+
+_mlflow.require()
 
 _log = logging.getLogger(__name__)
 _WAKE_EVERY = 1.0      # seconds between checks for close() while waiting for notifications
@@ -244,7 +246,7 @@ def _parse_target(model_uri: str):
     path = model_uri.partition(":")[2].strip("/")
     try:
         if "/" in path or "@" in path:
-            return _parse_model_uri(model_uri)
+            return _mlflow.parse_model_uri(model_uri)
     except MlflowException:
         pass
     raise MlflowException(

@@ -27,17 +27,17 @@ from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.model_registry.abstract_store import AbstractStore
-from mlflow.utils.validation import (
-    _validate_model_alias_name,
-    _validate_model_alias_name_reserved,
-    _validate_model_name,
-    _validate_model_renaming,
-    _validate_model_version_tag,
-    _validate_registered_model_tag,
-    _validate_tag_name,
-)
 
-from mlflow_pgmodels import actor, column_tags, search, sources, versions
+from mlflow_pgmodels import _mlflow, actor, column_tags, search, sources, versions
+from mlflow_pgmodels._mlflow import (
+    validate_alias_name,
+    validate_alias_name_reserved,
+    validate_model_name,
+    validate_model_renaming,
+    validate_model_version_tag,
+    validate_registered_model_tag,
+    validate_tag_name,
+)
 from mlflow_pgmodels.arguments import blank as _blank, name as _name, tags as _tags, version as _version
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.reads import read_connection
@@ -60,6 +60,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
     """The ``pgmodels://`` model registry store."""
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
+        _mlflow.require()  # an MLflow without what the store needs: say so here, not a silent unregistered scheme
+        _mlflow.tolerate_half_imported_auth_module()
         super().__init__(store_uri=store_uri, tracking_uri=tracking_uri)
         refuse_workspaces()
         to_conninfo(store_uri)  # a clear error for a URI of another scheme
@@ -114,7 +116,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         name = _name(name)
         tags = _tags(tags)
         for key, value in tags.items():
-            _validate_registered_model_tag(key, value)
+            validate_registered_model_tag(key, value)
         with self._write(f"create registered model '{name}'") as conn:
             inserted = conn.execute(
                 "INSERT INTO pgm_registered_models (name, description) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -132,7 +134,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             return self._get_rm(conn, name)
 
     def update_registered_model(self, name, description, deployment_job_id=None):
-        _validate_model_name(name)
+        validate_model_name(name)
         with self._write(f"update registered model '{name}'") as conn:
             if conn.execute(
                 "UPDATE pgm_registered_models SET description = %s, last_updated_at = now() WHERE name = %s",
@@ -142,8 +144,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             return self._get_rm(conn, name)
 
     def rename_registered_model(self, name, new_name):
-        _validate_model_name(name)
-        _validate_model_renaming(new_name)
+        validate_model_name(name)
+        validate_model_renaming(new_name)
         new_name = _name(new_name)
         with self._write(f"rename registered model '{name}'") as conn:
             if conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (new_name,)).fetchone():
@@ -158,13 +160,13 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             return self._get_rm(conn, new_name)
 
     def delete_registered_model(self, name):
-        _validate_model_name(name)
+        validate_model_name(name)
         with self._write(f"delete registered model '{name}'") as conn:
             if conn.execute("DELETE FROM pgm_registered_models WHERE name = %s", (name,)).rowcount == 0:
                 raise model_not_found(name)
 
     def get_registered_model(self, name):
-        _validate_model_name(name)
+        validate_model_name(name)
         with self._read(f"read registered model '{name}'") as conn:
             return self._get_rm(conn, name)
 
@@ -186,7 +188,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         No stages asked for and every version inactive: an error that says so (MLflow would
         report "no versions" when it resolves ``models:/NAME/latest``).
         """
-        _validate_model_name(name)
+        validate_model_name(name)
         any_stage = not stages  # None from Python, [] from REST
         stages = search.ACTIVE_STAGES if any_stage else list(dict.fromkeys(get_canonical_stage(s) for s in stages))
         with self._read(f"read latest versions of '{name}'") as conn:
@@ -200,8 +202,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             return latest
 
     def set_registered_model_tag(self, name, tag):
-        _validate_model_name(name)
-        _validate_registered_model_tag(tag.key, tag.value)
+        validate_model_name(name)
+        validate_registered_model_tag(tag.key, tag.value)
         with self._write(f"tag registered model '{name}'") as conn:
             self._touch_rm(conn, name)
             conn.execute(
@@ -211,8 +213,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             )
 
     def delete_registered_model_tag(self, name, key):
-        _validate_model_name(name)
-        _validate_tag_name(key)
+        validate_model_name(name)
+        validate_tag_name(key)
         with self._write(f"delete a tag of registered model '{name}'") as conn:
             self._touch_rm(conn, name)
             conn.execute("DELETE FROM pgm_registered_model_tags WHERE name = %s AND key = %s", (name, key))
@@ -225,7 +227,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         source, model_id = _blank(source) or "", _blank(model_id)
         tags = _tags(tags)
         for key, value in tags.items():
-            _validate_model_version_tag(key, value)
+            validate_model_version_tag(key, value)
         column_tags.split(tags)  # refuse bad event / model_type values before anything moves
         model_id = model_id or sources.logged_model_id(source)
         tracking = sources.Tracking(self.tracking_uri)
@@ -255,7 +257,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         """
         tags = _tags(mv.tags)
         for key, value in tags.items():
-            _validate_model_version_tag(key, value)
+            validate_model_version_tag(key, value)
         stage = get_canonical_stage(mv.current_stage or STAGE_NONE)
         archived = stage == STAGE_ARCHIVED
         new = versions.NewVersion(name=_name(mv.name), source=redact(mv.source or ""), run_id=_blank(mv.run_id),
@@ -268,14 +270,14 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         """Versions are READY when create_model_version returns: nothing to wait for."""
 
     def update_model_version(self, name, version, description):
-        _validate_model_name(name)
+        validate_model_name(name)
         version = _version(version)
         with self._write(f"update model '{name}' version {version}") as conn:
             self._touch_mv(conn, name, version, "description = %s, ", (description,))
             return self._get_mv(conn, name, version)
 
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions):
-        _validate_model_name(name)
+        validate_model_name(name)
         version = _version(version)
         stage = get_canonical_stage(stage)
         if archive_existing_versions and stage not in DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS:
@@ -302,7 +304,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
 
     def delete_model_version(self, name, version):
         """Deletes the row; its number is not given out again (the counter stays where it is)."""
-        _validate_model_name(name)
+        validate_model_name(name)
         version = _version(version)
         with self._write(f"delete model '{name}' version {version}") as conn:
             if conn.execute("DELETE FROM models WHERE name = %s AND version = %s", (name, version)).rowcount == 0:
@@ -334,13 +336,13 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             return chosen
 
     def get_model_version(self, name, version):
-        _validate_model_name(name)
+        validate_model_name(name)
         version = _version(version)
         with self._read(f"read model '{name}' version {version}") as conn:
             return self._get_mv(conn, name, version)
 
     def get_model_version_download_uri(self, name, version):
-        _validate_model_name(name)
+        validate_model_name(name)
         version = _version(version)
         with self._read(f"read model '{name}' version {version}") as conn:
             if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, version)).fetchone():
@@ -357,8 +359,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
 
     def set_model_version_tag(self, name, version, tag):
         version = _version(version)
-        _validate_model_name(name)
-        _validate_model_version_tag(tag.key, tag.value)
+        validate_model_name(name)
+        validate_model_version_tag(tag.key, tag.value)
         with self._write(f"tag model '{name}' version {version}") as conn:
             if column_tags.is_column_tag(tag.key):
                 column_tags.check(tag.key, tag.value)
@@ -373,8 +375,8 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
     def delete_model_version_tag(self, name, version, key):
         """Deleting ``event`` or ``model_type`` resets the column to its default."""
         version = _version(version)
-        _validate_model_name(name)
-        _validate_tag_name(key)
+        validate_model_name(name)
+        validate_tag_name(key)
         with self._write(f"delete a tag of model '{name}' version {version}") as conn:
             if column_tags.is_column_tag(key):
                 self._touch_mv(conn, name, version, f"{key} = %s, ", (column_tags.default(key),))
@@ -385,9 +387,9 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
 
     # ------------------------------------------------------------------ aliases
     def set_registered_model_alias(self, name, alias, version):
-        _validate_model_name(name)
-        _validate_model_alias_name(alias)
-        _validate_model_alias_name_reserved(alias)
+        validate_model_name(name)
+        validate_alias_name(alias)
+        validate_alias_name_reserved(alias)
         version = _version(version)
         with self._write(f"set alias '{alias}' of '{name}'") as conn:
             if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, version)).fetchone():
@@ -398,15 +400,15 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             self._touch_rm(conn, name)
 
     def delete_registered_model_alias(self, name, alias):
-        _validate_model_name(name)
-        _validate_model_alias_name(alias)
+        validate_model_name(name)
+        validate_alias_name(alias)
         with self._write(f"delete alias '{alias}' of '{name}'") as conn:
             self._touch_rm(conn, name)
             conn.execute("DELETE FROM pgm_aliases WHERE name = %s AND alias = %s", (name, alias))
 
     def get_model_version_by_alias(self, name, alias):
-        _validate_model_name(name)
-        _validate_model_alias_name(alias)
+        validate_model_name(name)
+        validate_alias_name(alias)
         with self._read(f"read alias '{alias}' of '{name}'") as conn:
             if alias.lower() == "latest":
                 version = search.latest_active_version(conn, name)

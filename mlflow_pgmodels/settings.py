@@ -29,9 +29,9 @@ def positive_number(env: str, default: float, kind: type = int) -> float:
 
 def refuse_workspaces() -> None:
     """Refuse MLflow's workspaces mode (``mlflow server --enable-workspaces``): the store has none."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow_pgmodels._mlflow import workspaces_enabled
 
-    if MLFLOW_ENABLE_WORKSPACES.get():
+    if workspaces_enabled():
         raise MlflowException(
             "The pgmodels:// store does not support MLflow workspaces: start `mlflow server` without "
             "--enable-workspaces and with MLFLOW_ENABLE_WORKSPACES unset (one database per team "

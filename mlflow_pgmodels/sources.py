@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
+from mlflow_pgmodels._mlflow import REGISTERED_MODEL_META_FILE, download_through_server_proxy
 from mlflow_pgmodels.artifacts import join, root_key
 from mlflow_pgmodels.uri import is_artifacts_uri, is_pgmodels_uri, parse_download_uri, redact
 
@@ -102,7 +103,7 @@ def model_files(source: str, local_model_path: str | None, tracking: Tracking) -
         path = _download(source, tmp, tracking)
         if os.path.isfile(path):  # a single file: not a model directory
             path = os.path.dirname(path)
-        meta = os.path.join(path, "registered_model_meta")
+        meta = os.path.join(path, REGISTERED_MODEL_META_FILE)
         if os.path.exists(meta):
             os.remove(meta)
         if not os.path.isfile(os.path.join(path, "MLmodel")):
@@ -124,7 +125,7 @@ def _download(source: str, dst: str, tracking: Tracking) -> str:
         uri = source
         if model_id:
             uri = tracking.logged_model(model_id).artifact_location
-            served = _download_on_server(uri, dst)
+            served = download_through_server_proxy(uri, dst)
             if served:
                 return served
         return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking.tracking_uri)
@@ -137,14 +138,3 @@ def _download(source: str, dst: str, tracking: Tracking) -> str:
         raise MlflowException(f"Cannot read the model files at {redact(source)!r}: {redact(str(e))}",
                               error_code=RESOURCE_DOES_NOT_EXIST) from None
 
-
-def _download_on_server(uri: str, dst: str) -> str | None:
-    """Inside ``mlflow server``: read ``mlflow-artifacts:`` URIs through the server's own store."""
-    if os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT") is None:
-        return None
-    from mlflow.server import handlers
-
-    if not handlers._is_servable_proxied_run_artifact_root(uri):
-        return None
-    path = handlers._get_proxied_run_artifact_destination_path(uri)
-    return handlers._get_artifact_repo_mlflow_artifacts().download_artifacts(path, dst_path=dst)

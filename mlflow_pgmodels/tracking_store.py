@@ -13,12 +13,17 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_pgmodels import _mlflow, mlflow_schema
     from mlflow_pgmodels.db import connection, quiet_aborted_pipelines
     from mlflow_pgmodels.schema import schema_lock
     from mlflow_pgmodels.settings import refuse_workspaces
     from mlflow_pgmodels.artifact_root import default_artifact_root
     from mlflow_pgmodels.uri import remember_store, to_sqlalchemy_url
 
+    _mlflow.require()
+    _mlflow.tolerate_half_imported_auth_module()
     refuse_workspaces()
     remember_store(store_uri)
     artifact_uri = default_artifact_root(artifact_uri)
@@ -27,7 +32,16 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     # A transaction-scoped lock, held by a transaction that stays open while MLflow's store starts
     # (on its own connections): it ends with the transaction even behind a transaction pooler.
     with connection(store_uri, "prepare MLflow's tracking tables") as conn, schema_lock(conn):
-        store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
+        found = mlflow_schema.revision(conn)
+        mlflow_schema.refuse_newer(conn)  # a newer MLflow's migrations: say so, not "out-of-date"
+        try:
+            store = SqlAlchemyStore(to_sqlalchemy_url(store_uri), artifact_uri)
+        except MlflowException as e:
+            if found is not None and "out-of-date database schema" in e.message:
+                raise mlflow_schema.older_schema_error(found) from None
+            raise
+        if found is None:
+            mlflow_schema.record_upgrader(conn)
     _for_poolers(store.engine)
     store.ManagedSessionMaker = _permission_errors(store.ManagedSessionMaker)
     _experiment_files_go_with_it(store, store_uri)
@@ -78,16 +92,14 @@ def _experiment_files_go_with_it(store, store_uri: str) -> None:
     """``mlflow gc``: a permanently deleted experiment takes the files below its database root
     with it (its LoggedModels' and traces', which gc does not delete one by one), and blobs that
     nothing references (none unless a release before schema 5 leaked them) are swept."""
+    from mlflow_pgmodels._mlflow import before_hard_delete_experiment
     from mlflow_pgmodels.artifacts import delete_experiment_files
 
-    hard_delete = store._hard_delete_experiment
-
-    def hard_delete_with_files(experiment_id):
+    def delete_files(experiment_id) -> None:
         experiment = store.get_experiment(experiment_id)
         delete_experiment_files(store_uri, experiment.experiment_id, experiment.artifact_location)
-        hard_delete(experiment_id)
 
-    store._hard_delete_experiment = hard_delete_with_files
+    before_hard_delete_experiment(store, delete_files)
 
 
 def _permission_errors(session_maker):

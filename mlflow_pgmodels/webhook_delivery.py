@@ -34,16 +34,19 @@ from mlflow.environment_variables import (
 from mlflow.exceptions import MlflowException
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_TEXT_TAG_KEY, PROMPT_TYPE_TAG_KEY
 from mlflow.protos.databricks_pb2 import INVALID_STATE
-from mlflow.utils.validation import _validate_webhook_url
 from mlflow.webhooks import types as payloads
 from mlflow.webhooks.constants import (
     WEBHOOK_DELIVERY_ID_HEADER,
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
 )
-from mlflow.webhooks.delivery import _generate_hmac_signature
-from mlflow.webhooks.ssrf import SSRFProtectedHTTPAdapter
 
+from mlflow_pgmodels._mlflow import (
+    encrypted_string_type,
+    generate_hmac_signature,
+    validate_webhook_url,
+    webhook_http_adapter,
+)
 from mlflow_pgmodels.db import behind_transaction_pooler, connection
 from mlflow_pgmodels.schema import ensure_schema
 from mlflow_pgmodels.settings import positive_number
@@ -79,14 +82,12 @@ def _secrets():
     global _secret_type
     with _secret_lock:
         if _secret_type is None:
-            from mlflow.store.model_registry.dbmodels.models import EncryptedString
-
             if not MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY.get():
                 _logger.warning(
                     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY is not set: webhook secrets are encrypted "
                     "with a key of this process only (as MLflow does), so no other process can sign "
                     "with them. Set it to a Fernet key in every process that uses the store.")
-            _secret_type = EncryptedString()
+            _secret_type = encrypted_string_type()
         return _secret_type
 
 
@@ -183,10 +184,10 @@ def build_payload(conn: psycopg.Connection, event: str, h: dict) -> tuple[str, s
 
 # ---------------------------------------------------------------------------------- sending
 def new_session() -> requests.Session:
-    """A requests session with MLflow's connect-time SSRF check and no retries of its own."""
+    """A requests session with MLflow's connect-time SSRF check (where MLflow has one) and no retries of its own."""
     session = requests.Session()
     session.trust_env = False  # a proxy would make the checked peer the proxy (as in MLflow)
-    adapter = SSRFProtectedHTTPAdapter(max_retries=0)
+    adapter = webhook_http_adapter()
     _with_deadlines(adapter)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -196,14 +197,14 @@ def new_session() -> requests.Session:
 def send(webhook: Webhook, entity: str, action: str, data: dict, at: datetime, delivery_id: str,
          session: requests.Session) -> requests.Response:
     """POST one event as MLflow's delivery does: same body, headers and HMAC signature."""
-    _validate_webhook_url(webhook.url)
+    validate_webhook_url(webhook.url)
     body = json.dumps({"entity": entity, "action": action,
                        "timestamp": at.astimezone(timezone.utc).isoformat(), "data": data})
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", WEBHOOK_DELIVERY_ID_HEADER: delivery_id,
                WEBHOOK_TIMESTAMP_HEADER: timestamp}
     if webhook.secret:
-        headers[WEBHOOK_SIGNATURE_HEADER] = _generate_hmac_signature(
+        headers[WEBHOOK_SIGNATURE_HEADER] = generate_hmac_signature(
             webhook.secret, delivery_id, timestamp, body)
     timeout = request_timeout()
     with _Deadline(timeout) as deadline:

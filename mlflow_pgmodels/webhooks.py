@@ -8,7 +8,6 @@ here but by the dispatcher of :mod:`mlflow_pgmodels.webhook_delivery`, for every
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 
@@ -18,16 +17,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.utils.search_utils import SearchUtils
 from mlflow.utils.time import get_current_time_millis
-from mlflow.utils.validation import _validate_webhook_events, _validate_webhook_name, _validate_webhook_url
 from psycopg.rows import dict_row
 
+from mlflow_pgmodels import _mlflow
+from mlflow_pgmodels._mlflow import validate_webhook_events, validate_webhook_name, validate_webhook_url
 from mlflow_pgmodels.db import connection
 from mlflow_pgmodels.webhook_delivery import WEBHOOK_COLUMNS, encrypt_secret, start_in_background, to_webhook
 
 _patch_lock = threading.Lock()
-# mlflow.server.constants.REGISTRY_STORE_URI_ENV_VAR, set only in `mlflow server` (importing that
-# module would import the whole server, which imports this store)
-REGISTRY_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_REGISTRY_STORE"
 
 
 class WebhookStoreMixin:
@@ -35,7 +32,7 @@ class WebhookStoreMixin:
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
         super().__init__(store_uri=store_uri, tracking_uri=tracking_uri)
-        if os.environ.get(REGISTRY_STORE_URI_ENV_VAR) and store_uri:
+        if _mlflow.in_server() and store_uri:
             # inside `mlflow server`: this process delivers, and MLflow's handlers must not
             # deliver the same registry events a second time
             _route_server_deliveries_to_history()
@@ -46,9 +43,9 @@ class WebhookStoreMixin:
 
     def create_webhook(self, name: str, url: str, events: list[WebhookEvent], description: str | None = None,
                        secret: str | None = None, status: WebhookStatus | None = None) -> Webhook:
-        _validate_webhook_name(name)
-        _validate_webhook_url(url)
-        _validate_webhook_events(events)
+        validate_webhook_name(name)
+        validate_webhook_url(url)
+        validate_webhook_events(events)
         webhook_id = str(uuid.uuid4())
         now = get_current_time_millis()
         with self._webhook_conn("create a webhook") as conn, conn.transaction():
@@ -82,13 +79,13 @@ class WebhookStoreMixin:
                          "FOR UPDATE", (webhook_id,)).fetchone() or _not_found(webhook_id)
             changes = {}
             if name is not None:
-                _validate_webhook_name(name)
+                validate_webhook_name(name)
                 changes["name"] = name
             if url is not None:
-                _validate_webhook_url(url)
+                validate_webhook_url(url)
                 changes["url"] = url
             if events is not None:
-                _validate_webhook_events(events)
+                validate_webhook_events(events)
                 conn.execute("DELETE FROM pgm_webhook_events WHERE webhook_id = %s", (webhook_id,))
                 _insert_events(conn, webhook_id, events)
             if description is not None:
@@ -160,17 +157,8 @@ def _route_server_deliveries_to_history() -> None:
     change is already in ``pgm_history`` and delivered from there (once, signed, retried).
     Events that are not registry changes (budget policies) still go through MLflow.
     """
-    import mlflow.server.handlers as handlers
+    def registry_event(event, store) -> bool:
+        return isinstance(store, WebhookStoreMixin) and event.entity != getattr(WebhookEntity, "BUDGET_POLICY", None)
 
     with _patch_lock:
-        original = handlers.deliver_webhook
-        if getattr(original, "_pgmodels", False):
-            return
-
-        def deliver_webhook(*, event, payload, store):
-            if isinstance(store, WebhookStoreMixin) and event.entity != WebhookEntity.BUDGET_POLICY:
-                return None
-            return original(event=event, payload=payload, store=store)
-
-        deliver_webhook._pgmodels = True
-        handlers.deliver_webhook = deliver_webhook
+        _mlflow.route_server_webhook_delivery(registry_event)

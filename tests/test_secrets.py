@@ -143,7 +143,8 @@ def test_cli_output_never_shows_the_password(db, login):
     done = subprocess.run(["mlflow-pgmodels", "db", "init", "--uri", good], capture_output=True, text=True, timeout=120)
     _assert_clean(done.stdout + done.stderr, "the output of db init")
     # every failing URI, through the command's entry point in one process (one MLflow import)
-    script = ("import sys; from mlflow_pgmodels.cli import main\n"
+    script = ("import sys; sys.argv[0] = 'mlflow-pgmodels'  # as the console script runs\n"
+              "from mlflow_pgmodels.cli import main\n"
               "codes = [main(['db', 'init', '--uri', u]) for u in sys.argv[1:]]\n"
               "print(codes)")
     done = subprocess.run([sys.executable, "-c", script, *bad], capture_output=True, text=True, timeout=120)
@@ -219,7 +220,8 @@ def test_cli_prints_one_line_for_a_malformed_uri():
     assert done.stdout == "" and done.stderr.count("\n") == 1 and done.stderr.startswith("error: Invalid pgmodels URI")
     assert "s3cr" not in done.stderr and "zzt" not in done.stderr
     # every other malformed URI, through the command's entry point in one process (one MLflow import)
-    script = ("import sys; from mlflow_pgmodels.cli import main\n"
+    script = ("import sys; sys.argv[0] = 'mlflow-pgmodels'  # as the console script runs\n"
+              "from mlflow_pgmodels.cli import main\n"
               "codes = [main(['db', 'init', '--uri', u]) for u in sys.argv[1:]]\n"
               "print(codes)")
     uris = [uri for uri, _ in MALFORMED.values()]
