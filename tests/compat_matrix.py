@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
         if args.out:
             args.out.write_text("\n".join(rows) + "\n")
-    print(f"compat smoke: {totals['passed']} passed, {totals['failed']} failed")
+    print(f"compat: {totals['passed']} passed, {totals['failed']} failed")
     return 1 if failed else 0
 
 
