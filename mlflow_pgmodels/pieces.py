@@ -4,13 +4,21 @@ The way past PostgreSQL's 1 GB limit on one value, shared by run artifacts, Logg
 and the files of versions stored as files (sql/pgmodels_artifacts.sql). Bytes go in by binary
 COPY in slices and come out in chunk queries read ahead, so client memory stays at a few
 slices whatever the file size.
+
+Each file once: :func:`store_files` hashes a local file before it opens anything, and when a
+blob with the same SHA-256 and size is already stored, PostgreSQL re-hashes that blob's pieces
+and they are compared with the local file's; only a blob that matches piece for piece is
+referenced (its row key-share locked until commit, so it cannot be freed meanwhile), and the
+file's bytes are not sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -31,6 +39,116 @@ class Blob:
     size: int
     sha256: str
     crc32: int
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies a file's bytes: size, SHA-256, and the SHA-256 of each ``PIECE``-long slice
+    (the pieces it would be stored as), which PostgreSQL can check against a stored blob piece by piece."""
+
+    size: int
+    sha256: str
+    pieces: tuple[bytes, ...]
+
+
+def fingerprint(path: str) -> Fingerprint:
+    """The :class:`Fingerprint` of the local file at ``path`` (read once, a slice at a time)."""
+    whole, parts, size = hashlib.sha256(), [], 0
+    with open(path, "rb") as src:
+        while True:
+            piece, left = hashlib.sha256(), PIECE
+            while left and (chunk := src.read(min(SLICE, left))):
+                whole.update(chunk)
+                piece.update(chunk)
+                left -= len(chunk)
+            if left == PIECE:
+                break
+            parts.append(piece.digest())
+            size += PIECE - left
+            if left:
+                break
+    return Fingerprint(size, whole.hexdigest(), tuple(parts))
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to store: where it is, its fingerprint taken beforehand, and what to call it."""
+
+    path: str
+    print: Fingerprint
+    name: str
+
+
+def store_files(conn: psycopg.Connection, files: Sequence[LocalFile], progress: Callable[[LocalFile], str | None],
+                before_claim: Callable[[], None] = lambda: None) -> list[Blob]:
+    """The blobs of ``files``, in order, in the caller's transaction: a blob already stored with the
+    same bytes (verified) is referenced, the others are written (their bytes sent once per call).
+
+    ``before_claim`` runs after the new bytes are written and before existing blobs are locked
+    (the caller's locks that must come first). DATA_LOSS if a file grew or shrank meanwhile.
+    """
+    present = _present(conn, {f.print for f in files})
+    blobs: dict[Fingerprint, Blob] = {}
+    for f in files:
+        if f.print not in present and f.print not in blobs:
+            blobs[f.print] = _write_file(conn, f, progress(f))
+    before_claim()
+    blobs.update(_claim(conn, [p for p in present if p not in blobs]))
+    for f in files:  # freed or found damaged since the lookup: sent after all
+        if f.print not in blobs:
+            blobs[f.print] = _write_file(conn, f, progress(f))
+    return [blobs[f.print] for f in files]
+
+
+def _present(conn: psycopg.Connection, prints: set[Fingerprint]) -> set[Fingerprint]:
+    """Which of ``prints`` have a blob with the same SHA-256 and size (unverified, unlocked)."""
+    if not prints:
+        return set()
+    found = set(conn.execute(
+        "SELECT DISTINCT b.sha256, b.size_bytes FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
+        " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes",
+        ([p.sha256 for p in prints], [p.size for p in prints])).fetchall())
+    return {p for p in prints if (p.sha256, p.size) in found}
+
+
+def _claim(conn: psycopg.Connection, prints: list[Fingerprint]) -> dict[Fingerprint, Blob]:
+    """A verified blob for each of ``prints`` that has one, key-share locked until the transaction ends.
+
+    Locking first (in id order) and then hashing means a blob that a concurrent delete frees is
+    either gone before (not returned: the caller writes the bytes) or kept until this transaction
+    commits, when the delete's trigger sees the new reference. Verifying re-reads the candidates'
+    bytes inside PostgreSQL (each piece hashed, nothing sent back but the hashes).
+    """
+    if not prints:
+        return {}
+    by_key = {(p.sha256, p.size): p for p in prints}
+    candidates = conn.execute(
+        "SELECT b.id, b.size_bytes, b.sha256, b.crc32 FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
+        " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes"
+        " ORDER BY b.id FOR KEY SHARE OF b",
+        ([p.sha256 for p in prints], [p.size for p in prints])).fetchall()
+    hashes: dict[int, list[bytes]] = {blob_id: [] for blob_id, *_ in candidates}
+    for blob_id, digest in conn.execute(
+            "SELECT blob_id, sha256(data) FROM pgm_blob_pieces WHERE blob_id = ANY(%s) ORDER BY blob_id, seq",
+            ([c[0] for c in candidates],)):
+        hashes[blob_id].append(bytes(digest))
+    claimed: dict[Fingerprint, Blob] = {}
+    for blob_id, size, sha, crc in candidates:
+        wanted = by_key[(sha.strip(), size)]
+        if wanted not in claimed and tuple(hashes[blob_id]) == wanted.pieces:
+            claimed[wanted] = Blob(blob_id, size, sha.strip(), crc)
+    return claimed
+
+
+def _write_file(conn: psycopg.Connection, f: LocalFile, progress: str | None) -> Blob:
+    with open(f.path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        blob = write(conn, src, size, progress)
+        if src.read(1) or (blob.sha256, blob.size) != (f.print.sha256, f.print.size):
+            raise MlflowException(f"The file {f.name!r} changed while it was being stored (is something still "
+                                  "writing it?); nothing was stored. Store it again once it is complete.",
+                                  error_code=DATA_LOSS)
+    return blob
 
 
 def write(conn: psycopg.Connection, src: IO[bytes], size: int, progress: str | None = None) -> Blob:
