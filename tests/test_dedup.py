@@ -94,6 +94,16 @@ def test_a_lying_blob_row_is_not_reused(client, db, tmp_path):
         _read(run_id, "x.bin", tmp_path / "x")
 
 
+def test_the_writer_role_reuses_stored_bytes(db, tmp_path):
+    """What a training job's login role (sql/roles.sql) may do: look up, lock and verify blobs."""
+    user, password = db.login_role("pgmodels_writer")
+    mlflow.set_tracking_uri(db.tcp_uri(user, password))
+    local = _file(tmp_path, "vocab.txt", CONTENT)
+    runs = [_log(local), _log(local)]
+    assert _blobs(db) == 1
+    assert _read(runs[1], "vocab.txt", tmp_path / "v") == CONTENT
+
+
 def test_logging_a_file_already_stored_sends_none_of_its_bytes(client, db, tmp_path):
     big = os.urandom(4 << 20)  # past the one-statement size: the pieces path
     local = _file(tmp_path, "weights.bin", big)
