@@ -19,6 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -54,12 +55,14 @@ class Fingerprint:
 def fingerprint(path: str) -> Fingerprint:
     """The :class:`Fingerprint` of the local file at ``path`` (read once, a slice at a time)."""
     whole, parts, size = hashlib.sha256(), [], 0
-    with open(path, "rb") as src:
+    # the two digests of a slice on two cores (hashlib lets go of the GIL on large buffers)
+    with open(path, "rb") as src, ThreadPoolExecutor(1, thread_name_prefix="pgmodels-hash") as pool:
         while True:
             piece, left = hashlib.sha256(), PIECE
             while left and (chunk := src.read(min(SLICE, left))):
-                whole.update(chunk)
+                hashed = pool.submit(whole.update, chunk)
                 piece.update(chunk)
+                hashed.result()
                 left -= len(chunk)
             if left == PIECE:
                 break
@@ -85,59 +88,60 @@ def store_files(conn: psycopg.Connection, files: Sequence[LocalFile], progress: 
     same bytes (verified) is referenced, the others are written (their bytes sent once per call).
 
     ``before_claim`` runs after the new bytes are written and before existing blobs are locked
-    (the caller's locks that must come first). DATA_LOSS if a file grew or shrank meanwhile.
+    (the caller's locks that must come first). DATA_LOSS if a file changed meanwhile.
     """
-    present = _present(conn, {f.print for f in files})
+    found = _verified(conn, {f.print for f in files})
     blobs: dict[Fingerprint, Blob] = {}
     for f in files:
-        if f.print not in present and f.print not in blobs:
+        if f.print not in found and f.print not in blobs:
             blobs[f.print] = _write_file(conn, f, progress(f))
     before_claim()
-    blobs.update(_claim(conn, [p for p in present if p not in blobs]))
-    for f in files:  # freed or found damaged since the lookup: sent after all
+    blobs.update(_claim(conn, {p: c for p, c in found.items() if p not in blobs}))
+    for f in files:  # freed since it was verified: sent after all
         if f.print not in blobs:
             blobs[f.print] = _write_file(conn, f, progress(f))
     return [blobs[f.print] for f in files]
 
 
-def _present(conn: psycopg.Connection, prints: set[Fingerprint]) -> set[Fingerprint]:
-    """Which of ``prints`` have a blob with the same SHA-256 and size (unverified, unlocked)."""
-    if not prints:
-        return set()
-    found = set(conn.execute(
-        "SELECT DISTINCT b.sha256, b.size_bytes FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
-        " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes",
-        ([p.sha256 for p in prints], [p.size for p in prints])).fetchall())
-    return {p for p in prints if (p.sha256, p.size) in found}
-
-
-def _claim(conn: psycopg.Connection, prints: list[Fingerprint]) -> dict[Fingerprint, Blob]:
-    """A verified blob for each of ``prints`` that has one, key-share locked until the transaction ends.
-
-    Locking first (in id order) and then hashing means a blob that a concurrent delete frees is
-    either gone before (not returned: the caller writes the bytes) or kept until this transaction
-    commits, when the delete's trigger sees the new reference. Verifying re-reads the candidates'
-    bytes inside PostgreSQL (each piece hashed, nothing sent back but the hashes).
-    """
+def _verified(conn: psycopg.Connection, prints: set[Fingerprint]) -> dict[Fingerprint, Blob]:
+    """For each of ``prints`` that has one, the oldest stored blob whose pieces PostgreSQL re-hashed
+    and found equal to the print's (nothing comes back but the pieces' digests). Unlocked."""
     if not prints:
         return {}
     by_key = {(p.sha256, p.size): p for p in prints}
-    candidates = conn.execute(
-        "SELECT b.id, b.size_bytes, b.sha256, b.crc32 FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
-        " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes"
-        " ORDER BY b.id FOR KEY SHARE OF b",
-        ([p.sha256 for p in prints], [p.size for p in prints])).fetchall()
-    hashes: dict[int, list[bytes]] = {blob_id: [] for blob_id, *_ in candidates}
-    for blob_id, digest in conn.execute(
-            "SELECT blob_id, sha256(data) FROM pgm_blob_pieces WHERE blob_id = ANY(%s) ORDER BY blob_id, seq",
-            ([c[0] for c in candidates],)):
-        hashes[blob_id].append(bytes(digest))
-    claimed: dict[Fingerprint, Blob] = {}
-    for blob_id, size, sha, crc in candidates:
-        wanted = by_key[(sha.strip(), size)]
-        if wanted not in claimed and tuple(hashes[blob_id]) == wanted.pieces:
-            claimed[wanted] = Blob(blob_id, size, sha.strip(), crc)
-    return claimed
+    candidates: dict[Fingerprint, list[Blob]] = {}
+    for blob_id, size, sha, crc in conn.execute(
+            "SELECT b.id, b.size_bytes, b.sha256, b.crc32 FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
+            " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes ORDER BY b.id",
+            ([p.sha256 for p in prints], [p.size for p in prints])):
+        candidates.setdefault(by_key[(sha.strip(), size)], []).append(Blob(blob_id, size, sha.strip(), crc))
+    verified: dict[Fingerprint, Blob] = {}
+    while candidates:  # one candidate per print a round: a second copy is hashed only if the first is damaged
+        trying = {p: c.pop(0) for p, c in candidates.items()}
+        hashes: dict[int, list[bytes]] = {b.id: [] for b in trying.values()}
+        for blob_id, digest in conn.execute(
+                "SELECT blob_id, sha256(data) FROM pgm_blob_pieces WHERE blob_id = ANY(%s) ORDER BY blob_id, seq",
+                ([b.id for b in trying.values()],)):
+            hashes[blob_id].append(bytes(digest))
+        verified.update((p, b) for p, b in trying.items() if tuple(hashes[b.id]) == p.pieces)
+        candidates = {p: c for p, c in candidates.items() if c and p not in verified}
+    return verified
+
+
+def _claim(conn: psycopg.Connection, verified: dict[Fingerprint, Blob]) -> dict[Fingerprint, Blob]:
+    """Those of the ``verified`` blobs that still exist, key-share locked (in id order) until the
+    transaction ends.
+
+    A blob that a concurrent delete frees is either gone already (left out: the caller writes the
+    bytes) or kept, the delete's trigger waiting for this transaction and then seeing the new
+    reference. Its pieces are the ones verified: they are never changed, only deleted with it, and
+    a blob's id is never used again.
+    """
+    if not verified:
+        return {}
+    alive = {blob_id for blob_id, in conn.execute(
+        "SELECT id FROM pgm_blobs WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", ([b.id for b in verified.values()],))}
+    return {p: b for p, b in verified.items() if b.id in alive}
 
 
 def _write_file(conn: psycopg.Connection, f: LocalFile, progress: str | None) -> Blob:

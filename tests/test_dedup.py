@@ -79,6 +79,11 @@ def test_a_damaged_shared_piece_fails_every_read_and_is_not_reused(client, db, t
     third = _log(local)
     assert _blobs(db) == 2
     assert _read(third, "emb.bin", tmp_path / "r3") == CONTENT
+    # and once more: the damaged copy is passed over, the intact one reused
+    fourth = _log(local)
+    assert _blobs(db) == 2
+    assert db.sql("SELECT count(DISTINCT blob_id) FROM pgm_artifacts") == [(2,)]
+    assert _read(fourth, "emb.bin", tmp_path / "r4") == CONTENT
 
 
 def test_a_lying_blob_row_is_not_reused(client, db, tmp_path):
