@@ -124,6 +124,20 @@ def test_logging_a_file_already_stored_sends_none_of_its_bytes(client, db, tmp_p
     assert _read(again, "weights.bin", tmp_path / "w") == big
 
 
+def test_through_an_mlflow_server_the_server_stores_the_bytes_once(db, tmp_path):
+    """MLflow's upload protocol sends the file every time; the server's write into PostgreSQL is saved."""
+    from tests.mlflow_server import mlflow_server
+
+    local = _file(tmp_path, "dataset.parquet", CONTENT)
+    with mlflow_server(tmp_path / "server", db.uri) as server:
+        mlflow.set_tracking_uri(server.url)
+        runs = [_log(local), _log(local)]
+        assert _read(runs[1], "dataset.parquet", tmp_path / "s") == CONTENT
+        assert server.failures() == []
+    assert db.sql("SELECT count(*), count(DISTINCT blob_id) FROM pgm_artifacts") == [(2, 1)]
+    assert _blobs(db) == 1
+
+
 def test_a_files_version_shares_its_unchanged_weights_with_its_predecessor(client, db, tmp_path, monkeypatch):
     monkeypatch.setattr(blobs, "MAX_BLOB_BYTES", 1000)  # store versions as 'files' without 1 GB
     weights = os.urandom(200_000)
