@@ -108,7 +108,8 @@ def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
         # only while the rows are written, not while the bytes travel; the path locks are taken
         # before existing blobs are claimed, as an overwrite that frees a blob takes them
         def lock_paths() -> None:
-            conn.cursor().executemany("SELECT pgm_lock_artifact_path(%s)", [(key,) for _, key in files])
+            conn.execute("SELECT count(pgm_lock_artifact_path(k)) FROM (SELECT k FROM unnest(%s::text[])"
+                         " WITH ORDINALITY u(k, i) ORDER BY i) keys", ([key for _, key in files],))
 
         written = pieces.store_files(conn, local, _progress, before_claim=lock_paths)
         try:

@@ -54,22 +54,25 @@ class Fingerprint:
 
 def fingerprint(path: str) -> Fingerprint:
     """The :class:`Fingerprint` of the local file at ``path`` (read once, a slice at a time)."""
+    with open(path, "rb") as src:
+        first = src.read(PIECE)
+        if len(first) < PIECE or not src.peek(1):  # one piece (most files): its digest is the file's
+            whole = hashlib.sha256(first)
+            return Fingerprint(len(first), whole.hexdigest(), (whole.digest(),) if first else ())
+        return _fingerprint_pieces(src, first)
+
+
+def _fingerprint_pieces(src: IO[bytes], first: bytes) -> Fingerprint:
     whole, parts, size = hashlib.sha256(), [], 0
     # the two digests of a slice on two cores (hashlib lets go of the GIL on large buffers)
-    with open(path, "rb") as src, ThreadPoolExecutor(1, thread_name_prefix="pgmodels-hash") as pool:
-        while True:
-            piece, left = hashlib.sha256(), PIECE
-            while left and (chunk := src.read(min(SLICE, left))):
-                hashed = pool.submit(whole.update, chunk)
-                piece.update(chunk)
-                hashed.result()
-                left -= len(chunk)
-            if left == PIECE:
-                break
-            parts.append(piece.digest())
-            size += PIECE - left
-            if left:
-                break
+    with ThreadPoolExecutor(1, thread_name_prefix="pgmodels-hash") as pool:
+        piece_bytes: bytes | None = first
+        while piece_bytes:
+            hashed = pool.submit(whole.update, piece_bytes)
+            parts.append(hashlib.sha256(piece_bytes).digest())
+            hashed.result()
+            size += len(piece_bytes)
+            piece_bytes = src.read(PIECE)
     return Fingerprint(size, whole.hexdigest(), tuple(parts))
 
 
