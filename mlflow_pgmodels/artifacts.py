@@ -16,7 +16,7 @@ from typing import IO
 import psycopg
 from psycopg import sql
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import pieces
 from mlflow_pgmodels._mlflow import EXPERIMENTS_TABLE
@@ -109,28 +109,34 @@ def store(uri: str, files: Iterable[tuple[str, str]]) -> None:
     """Write local files as artifacts, ``files`` being (local path, key) pairs; all or nothing.
 
     A key that exists is overwritten (as on a file system); the old bytes go with it. A key below
-    a stored file, or one that is a directory of stored files, is INVALID_PARAMETER_VALUE.
+    a stored file, or one that is a directory of stored files, is INVALID_PARAMETER_VALUE. A file
+    whose bytes are already stored references them (pieces.store_files) and sends none.
     """
     files = sorted(files, key=lambda f: f[1])  # rows locked in key order: two uploads cannot deadlock
+    local = [pieces.LocalFile(path, pieces.fingerprint(path), key) for path, key in files]  # before any lock
     ensure_schema(uri)  # a tracking store alone does not create pgm_artifacts
     with connection(uri, "log artifacts") as conn, conn.transaction():
         # the bytes first, the rows last: the rows' locks (sql/pgmodels_artifacts.sql) are held
-        # only while the rows are written, not while the bytes travel
-        written = []
-        for local_path, key in files:
-            with open(local_path, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                written.append((key, _write_blob(conn, key, src, size,
-                                                 f"Uploading {os.path.basename(key)}" if size > 64 << 20 else None)))
+        # only while the rows are written, not while the bytes travel; the path locks are taken
+        # before existing blobs are claimed, as an overwrite that frees a blob takes them
+        def lock_paths() -> None:
+            conn.execute("SELECT count(pgm_lock_artifact_path(k)) FROM (SELECT k FROM unnest(%s::text[])"
+                         " WITH ORDINALITY u(k, i) ORDER BY i) keys", ([key for _, key in files],))
+
+        written = pieces.store_files(conn, local, _progress, before_claim=lock_paths)
         try:
             conn.cursor().executemany(
                 "INSERT INTO pgm_artifacts (path, blob_id, size_bytes) VALUES (%s, %s, %s) ON CONFLICT (path)"
                 " DO UPDATE SET blob_id = EXCLUDED.blob_id, size_bytes = EXCLUDED.size_bytes, created_at = now()",
-                [(key, blob.id, blob.size) for key, blob in written])
+                [(key, blob.id, blob.size) for (_, key), blob in zip(files, written)])
         except psycopg.Error as e:
             if e.sqlstate == PATH_CLASH:
                 raise _clash(e.diag) from None
             raise
+
+
+def _progress(f: pieces.LocalFile) -> str | None:
+    return f"Uploading {os.path.basename(f.name)}" if f.print.size > 64 << 20 else None
 
 
 # SQLSTATE of sql/pgmodels_artifacts.sql's refusal of a path that is both a file and a directory
@@ -143,16 +149,6 @@ def _clash(diag) -> MlflowException:
         f"Cannot store artifact {shown!r}: {diag.message_hint}, and a path cannot be both a file and a "
         "directory (as on a file system). Nothing was written. Log it under another name, or delete "
         "the other first.", error_code=INVALID_PARAMETER_VALUE)
-
-
-def _write_blob(conn: psycopg.Connection, key: str, src: IO[bytes], size: int,
-                progress: str | None) -> pieces.Blob:
-    blob = pieces.write(conn, src, size, progress)
-    if src.read(1):
-        raise MlflowException(f"The file for artifact {key!r} grew while it was being stored (is something still "
-                              "writing it?); nothing was stored. Log it again once it is complete.",
-                              error_code=DATA_LOSS)
-    return blob
 
 
 def listing(uri: str, key: str) -> list[tuple[str, bool, int | None]]:

@@ -4,13 +4,22 @@ The way past PostgreSQL's 1 GB limit on one value, shared by run artifacts, Logg
 and the files of versions stored as files (sql/pgmodels_artifacts.sql). Bytes go in by binary
 COPY in slices and come out in chunk queries read ahead, so client memory stays at a few
 slices whatever the file size.
+
+Each file once: :func:`store_files` hashes a local file before it opens anything, and when a
+blob with the same SHA-256 and size is already stored, PostgreSQL re-hashes that blob's pieces
+and they are compared with the local file's; only a blob that matches piece for piece is
+referenced (its row key-share locked until commit, so it cannot be freed meanwhile), and the
+file's bytes are not sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -31,6 +40,122 @@ class Blob:
     size: int
     sha256: str
     crc32: int
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies a file's bytes: size, SHA-256, and the SHA-256 of each ``PIECE``-long slice
+    (the pieces it would be stored as), which PostgreSQL can check against a stored blob piece by piece."""
+
+    size: int
+    sha256: str
+    pieces: tuple[bytes, ...]
+
+
+def fingerprint(path: str) -> Fingerprint:
+    """The :class:`Fingerprint` of the local file at ``path`` (read once, a slice at a time)."""
+    with open(path, "rb") as src:
+        first = src.read(PIECE)
+        if len(first) < PIECE or not src.peek(1):  # one piece (most files): its digest is the file's
+            whole = hashlib.sha256(first)
+            return Fingerprint(len(first), whole.hexdigest(), (whole.digest(),) if first else ())
+        return _fingerprint_pieces(src, first)
+
+
+def _fingerprint_pieces(src: IO[bytes], first: bytes) -> Fingerprint:
+    whole, parts, size = hashlib.sha256(), [], 0
+    # the two digests of a slice on two cores (hashlib lets go of the GIL on large buffers)
+    with ThreadPoolExecutor(1, thread_name_prefix="pgmodels-hash") as pool:
+        piece_bytes: bytes | None = first
+        while piece_bytes:
+            hashed = pool.submit(whole.update, piece_bytes)
+            parts.append(hashlib.sha256(piece_bytes).digest())
+            hashed.result()
+            size += len(piece_bytes)
+            piece_bytes = src.read(PIECE)
+    return Fingerprint(size, whole.hexdigest(), tuple(parts))
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to store: where it is, its fingerprint taken beforehand, and what to call it."""
+
+    path: str
+    print: Fingerprint
+    name: str
+
+
+def store_files(conn: psycopg.Connection, files: Sequence[LocalFile], progress: Callable[[LocalFile], str | None],
+                before_claim: Callable[[], None] = lambda: None) -> list[Blob]:
+    """The blobs of ``files``, in order, in the caller's transaction: a blob already stored with the
+    same bytes (verified) is referenced, the others are written (their bytes sent once per call).
+
+    ``before_claim`` runs after the new bytes are written and before existing blobs are locked
+    (the caller's locks that must come first). DATA_LOSS if a file changed meanwhile.
+    """
+    found = _verified(conn, {f.print for f in files})
+    blobs: dict[Fingerprint, Blob] = {}
+    for f in files:
+        if f.print not in found and f.print not in blobs:
+            blobs[f.print] = _write_file(conn, f, progress(f))
+    before_claim()
+    blobs.update(_claim(conn, {p: c for p, c in found.items() if p not in blobs}))
+    for f in files:  # freed since it was verified: sent after all
+        if f.print not in blobs:
+            blobs[f.print] = _write_file(conn, f, progress(f))
+    return [blobs[f.print] for f in files]
+
+
+def _verified(conn: psycopg.Connection, prints: set[Fingerprint]) -> dict[Fingerprint, Blob]:
+    """For each of ``prints`` that has one, the oldest stored blob whose pieces PostgreSQL re-hashed
+    and found equal to the print's (nothing comes back but the pieces' digests). Unlocked."""
+    if not prints:
+        return {}
+    by_key = {(p.sha256, p.size): p for p in prints}
+    candidates: dict[Fingerprint, list[Blob]] = {}
+    for blob_id, size, sha, crc in conn.execute(
+            "SELECT b.id, b.size_bytes, b.sha256, b.crc32 FROM unnest(%s::text[], %s::bigint[]) k(sha256, size_bytes)"
+            " JOIN pgm_blobs b ON b.sha256 = k.sha256::char(64) AND b.size_bytes = k.size_bytes ORDER BY b.id",
+            ([p.sha256 for p in prints], [p.size for p in prints])):
+        candidates.setdefault(by_key[(sha.strip(), size)], []).append(Blob(blob_id, size, sha.strip(), crc))
+    verified: dict[Fingerprint, Blob] = {}
+    while candidates:  # one candidate per print a round: a second copy is hashed only if the first is damaged
+        trying = {p: c.pop(0) for p, c in candidates.items()}
+        hashes: dict[int, list[bytes]] = {b.id: [] for b in trying.values()}
+        for blob_id, digest in conn.execute(
+                "SELECT blob_id, sha256(data) FROM pgm_blob_pieces WHERE blob_id = ANY(%s) ORDER BY blob_id, seq",
+                ([b.id for b in trying.values()],)):
+            hashes[blob_id].append(bytes(digest))
+        verified.update((p, b) for p, b in trying.items() if tuple(hashes[b.id]) == p.pieces)
+        candidates = {p: c for p, c in candidates.items() if c and p not in verified}
+    return verified
+
+
+def _claim(conn: psycopg.Connection, verified: dict[Fingerprint, Blob]) -> dict[Fingerprint, Blob]:
+    """Those of the ``verified`` blobs that still exist, key-share locked (in id order) until the
+    transaction ends.
+
+    A blob that a concurrent delete frees is either gone already (left out: the caller writes the
+    bytes) or kept, the delete's trigger waiting for this transaction and then seeing the new
+    reference. Its pieces are the ones verified: they are never changed, only deleted with it, and
+    a blob's id is never used again.
+    """
+    if not verified:
+        return {}
+    alive = {blob_id for blob_id, in conn.execute(
+        "SELECT id FROM pgm_blobs WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", ([b.id for b in verified.values()],))}
+    return {p: b for p, b in verified.items() if b.id in alive}
+
+
+def _write_file(conn: psycopg.Connection, f: LocalFile, progress: str | None) -> Blob:
+    with open(f.path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        blob = write(conn, src, size, progress)
+        if src.read(1) or (blob.sha256, blob.size) != (f.print.sha256, f.print.size):
+            raise MlflowException(f"The file {f.name!r} changed while it was being stored (is something still "
+                                  "writing it?); nothing was stored. Store it again once it is complete.",
+                                  error_code=DATA_LOSS)
+    return blob
 
 
 def write(conn: psycopg.Connection, src: IO[bytes], size: int, progress: str | None = None) -> Blob:

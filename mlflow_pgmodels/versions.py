@@ -185,14 +185,15 @@ def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str
 
 
 def _files_upload_writer(new: NewVersion, files: list[tuple[str, str, int]]) -> Callable:
+    """Writes the files as blobs; a file already stored (e.g. weights shared with the previous
+    version) references its blob and sends no byte (pieces.store_files)."""
+    local = [pieces.LocalFile(path, pieces.fingerprint(path), arcname) for path, arcname, _ in files]
+
     @_copies
     def write(conn, version: int, columns: dict[str, str]) -> None:
-        stored = []
-        for path, arcname, size in files:
-            with open(path, "rb") as src:
-                blob = pieces.write(conn, src, size, progress=f"Uploading {new.name}: {arcname}")
-            stored.append((arcname, blob.id, blob.size, blob.sha256))
-        _insert_files(conn, new, version, columns, stored)
+        written = pieces.store_files(conn, local, lambda f: f"Uploading {new.name}: {f.name}")
+        _insert_files(conn, new, version, columns,
+                      [(f.name, blob.id, blob.size, blob.sha256) for f, blob in zip(local, written)])
     return write
 
 

@@ -24,6 +24,12 @@ CREATE TABLE IF NOT EXISTS pgm_blob_pieces (
 -- Pieces are read in slices with substring(): uncompressed TOAST makes that direct access.
 ALTER TABLE pgm_blob_pieces ALTER COLUMN data SET STORAGE EXTERNAL;
 
+-- Each file once: a file logged again with the same bytes references the blob already there
+-- (pieces.py: found by this index, its pieces re-hashed by PostgreSQL and compared with the new
+-- file's before it is used). Not unique: a database written before this index may hold the same
+-- bytes twice, and a blob whose pieces were damaged is passed over, not reused.
+CREATE INDEX IF NOT EXISTS pgm_blobs_content_idx ON pgm_blobs (sha256, size_bytes);
+
 -- One row per artifact file. path is the whole key below the database root, e.g.
 -- '1/<run id>/artifacts/model/MLmodel' for pgmodels-artifacts:/1/<run id>/artifacts; "C"
 -- collation so that a directory is one index range.
@@ -114,6 +120,24 @@ $$ LANGUAGE plpgsql;
 -- advisory locks taken before the check and held until commit, so two concurrent writers cannot
 -- both pass it: any two clashing paths share their first three components, or the shorter one
 -- has fewer and its writer takes exclusively the lock the other takes shared.
+-- Takes the transaction advisory locks a writer of ``path`` holds until commit (see below).
+-- store() takes them for all its paths before it claims existing blobs, so that every writer
+-- takes path locks before blob locks (no deadlock with an overwrite freeing the same blob).
+CREATE OR REPLACE FUNCTION pgm_lock_artifact_path(path TEXT) RETURNS void AS $$
+DECLARE
+    parts TEXT[] := string_to_array(path, '/');
+    n INTEGER := cardinality(parts);
+BEGIN
+    FOR i IN 1 .. least(n, 3) LOOP
+        IF i = least(n, 3) THEN
+            PERFORM pg_advisory_xact_lock(1885826413, hashtext(array_to_string(parts[1:i], '/')));
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(1885826413, hashtext(array_to_string(parts[1:i], '/')));
+        END IF;
+    END LOOP;
+END
+$$ LANGUAGE plpgsql;
+
 CREATE OR REPLACE FUNCTION pgm_artifact_path_check() RETURNS trigger AS $$
 DECLARE
     parts TEXT[] := string_to_array(NEW.path, '/');
@@ -123,13 +147,7 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.path = OLD.path THEN
         RETURN NEW;
     END IF;
-    FOR i IN 1 .. least(n, 3) LOOP
-        IF i = least(n, 3) THEN
-            PERFORM pg_advisory_xact_lock(1885826413, hashtext(array_to_string(parts[1:i], '/')));
-        ELSE
-            PERFORM pg_advisory_xact_lock_shared(1885826413, hashtext(array_to_string(parts[1:i], '/')));
-        END IF;
-    END LOOP;
+    PERFORM pgm_lock_artifact_path(NEW.path);
     SELECT a.path INTO found FROM pgm_artifacts a
         WHERE a.path = ANY (ARRAY(SELECT array_to_string(parts[1:i], '/') FROM generate_series(1, n - 1) i))
         LIMIT 1;

@@ -6,10 +6,11 @@
 -- Those that write history run as the owner only inside a trigger, so a history row (and the
 -- webhook it fans out to) is only ever written by the change it records. PostgreSQL grants
 -- EXECUTE on a new function to PUBLIC, and ALTER DEFAULT PRIVILEGES may grant it to others:
--- both are revoked here, from every role but the owner. Three stay open to all, running with the
--- caller's rights: pgm_model_history(name) (reading it needs SELECT on pgm_history), and
+-- both are revoked here, from every role but the owner. Four stay open to all, running with the
+-- caller's rights: pgm_model_history(name) (reading it needs SELECT on pgm_history),
 -- pgm_orphan_blob_count() / pgm_sweep_orphan_blobs() (mlflow gc as the writer role; deleting
--- blobs needs DELETE on pgm_blobs).
+-- blobs needs DELETE on pgm_blobs), and pgm_lock_artifact_path(path) (an artifact writer's
+-- advisory locks, taken by the writer itself and by the path check it triggers).
 DO $$
 DECLARE
     f REGPROCEDURE;
@@ -17,7 +18,8 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'pgm\_%'
-               AND p.proname NOT IN ('pgm_model_history', 'pgm_orphan_blob_count', 'pgm_sweep_orphan_blobs') LOOP
+               AND p.proname NOT IN ('pgm_model_history', 'pgm_orphan_blob_count', 'pgm_sweep_orphan_blobs',
+                                   'pgm_lock_artifact_path') LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
         FOR grantee IN SELECT DISTINCT a.grantee::regrole::text
                        FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a
