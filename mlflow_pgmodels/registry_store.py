@@ -320,7 +320,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         committed meanwhile by anyone is seen before anything goes. History, webhooks and
         governance triggers see each delete, as with :meth:`delete_model_version`.
         """
-        _validate_model_name(name)
+        validate_model_name(name)
         with self._write(f"delete versions of model '{name}'") as conn:
             if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s FOR NO KEY UPDATE",
                                 (name,)).fetchone():
