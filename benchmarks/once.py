@@ -12,6 +12,8 @@ this process only.
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +33,13 @@ def once(bench: Bench, model: Any, size: str) -> None:
     registration_alone(bench, model, size)
 
 
+def _distinct(model: Any) -> Any:
+    """A copy of ``model`` whose pickle differs from every other (so its upload is not deduplicated)."""
+    twin = copy.deepcopy(model)
+    twin.bench_nonce_ = os.urandom(16).hex()
+    return twin
+
+
 def wire(bench: Bench, model: Any, size: str) -> None:
     """Bytes the client sent to PostgreSQL for one ``log_model(..., registered_model_name=)``, against the zip."""
     import mlflow
@@ -38,13 +47,14 @@ def wire(bench: Bench, model: Any, size: str) -> None:
     with Forwarder(server_socket(bench.ours.uri)) as fwd:
         side = Side("pgmodels", forwarded_uri(bench.ours.uri, fwd.port), bench.ours.workdir)
         side.activate()
-        _log(model, "wire-warmup", register=True)  # connections, tables and caches of this URI
+        # each log a model of its own bytes: a file already in the database is not sent again
+        _log(_distinct(model), "wire-warmup", register=True)  # connections, tables and caches of this URI
         fwd.reset()
         version = _log(model, "wire", register=True)
         sent, received = fwd.reset()
-        _log(model, None, register=False)
+        _log(_distinct(model), None, register=False)
         upload, _ = fwd.reset()
-        info = _log(model, None, register=False)
+        info = _log(_distinct(model), None, register=False)
         fwd.reset()
         mlflow.register_model(info.model_uri, "wire")
         register_sent, _ = fwd.reset()
@@ -68,8 +78,9 @@ def log_and_copy(bench: Bench, model: Any, size: str) -> None:
     for _ in range(bench.plan.repeats):
         for side, samples in ((bench.stock, stock), (bench.ours, ours)):  # alternate: drift hits both alike
             side.activate()
+            fresh = _distinct(model)  # a new model each time: ours would not upload bytes it already holds
             start = time.perf_counter()
-            version = _log(model, "once", register=True).registered_model_version
+            version = _log(fresh, "once", register=True).registered_model_version
             samples.append(time.perf_counter() - start)
         zip_path.write_bytes(database.raw_fetch(bench.pg, "once", version))
         start = time.perf_counter()

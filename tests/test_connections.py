@@ -155,7 +155,9 @@ def test_the_tracking_store_startup_lock_belongs_to_a_transaction(db, tmp_path):
         blocker.rollback()
     builder.join()
 
-    assert seen == [("idle in transaction", True)]
+    # one holder, inside a transaction (waiting on alembic_version itself, or idle while MLflow's
+    # own connection does): a session-level lock would show a holder outside any transaction
+    assert len(seen) == 1 and seen[0][0] in ("idle in transaction", "active") and seen[0][1] is True
     assert db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
 
 

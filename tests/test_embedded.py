@@ -49,7 +49,9 @@ def _settings(server: EmbeddedPostgres, *names: str) -> dict[str, str]:
 def _connect_as(user: str, server: EmbeddedPostgres) -> subprocess.CompletedProcess:
     psql = embedded._bin("psql")
     return subprocess.run([psql, "-X", "-h", str(server.socket_dir), "-p", str(server.port), "-U", "postgres",
-                           "-d", "postgres", "-c", "SELECT 1"], user=user, capture_output=True, text=True, timeout=60)
+                           "-d", "postgres", "-c", "SELECT 1"], capture_output=True, text=True, timeout=60,
+                          # another local user: its own uid, group and no supplementary groups (not root's)
+                          user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
 
 
 def test_quickstart_server_is_private_to_its_user_and_durable(data_home):
