@@ -68,7 +68,7 @@ def remove_tree(path: Path) -> None:
 
 def start_postgres(base: Path):
     """An embedded PostgreSQL under ``base`` with a ``bench`` database and the statistics extensions."""
-    from mlflow_pgmodels.embedded import EmbeddedPostgres
+    from mlflow_pgmodels._pg.embedded import EmbeddedPostgres
 
     os.chmod(base, 0o755)
     server = EmbeddedPostgres(base / "pgdata", durable=False)  # no fsync: like stock MLflow's files in the page cache

@@ -15,7 +15,7 @@ _TOAST = "(SELECT reltoastrelid FROM pg_class WHERE oid = 'models'::regclass)"
 
 
 def conninfo(uri: str) -> str:
-    from mlflow_pgmodels.uri import to_conninfo
+    from mlflow_pgmodels._pg.uri import to_conninfo
 
     return to_conninfo(uri)
 

@@ -25,7 +25,7 @@ import psycopg
 
 from benchmarks import MiB
 from benchmarks.wire import Forwarder, forwarded_uri, server_socket
-from mlflow_pgmodels.embedded import EmbeddedPostgres
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres
 
 
 def _pieces_size(conn) -> int:
@@ -35,7 +35,7 @@ def _pieces_size(conn) -> int:
 def _parts(pg, local: str) -> dict:
     """The two costs of logging a file already stored: hashing it locally, re-hashing it in PostgreSQL."""
     try:
-        from mlflow_pgmodels.pieces import fingerprint
+        from mlflow_pgmodels._storage.blobs import fingerprint
     except ImportError:  # a checkout without content addressing
         return {}
     start = time.perf_counter()
@@ -57,7 +57,7 @@ def measure(work: Path, mib: int, runs: int) -> dict:
         uri = server.socket_uri("dedup")
         subprocess.run([sys.executable, "-c",
                         "import sys; from mlflow_pgmodels.tracking_store import build_tracking_store; "
-                        "from mlflow_pgmodels.schema import ensure_schema; "
+                        "from mlflow_pgmodels._pg.schema import ensure_schema; "
                         "build_tracking_store(sys.argv[1]); ensure_schema(sys.argv[1])", uri],
                        check=True, capture_output=True)
         local = work / "dataset.bin"

@@ -47,8 +47,9 @@ def _timed(fn):
 
 
 def du_and_prune(server, models: int) -> dict:
-    from mlflow_pgmodels import prune, space
-    from mlflow_pgmodels.schema import ensure_schema
+    from mlflow_pgmodels._lifecycle import prune
+    from mlflow_pgmodels._lifecycle import space
+    from mlflow_pgmodels._pg.schema import ensure_schema
 
     server.psql("CREATE DATABASE lifecycle")
     uri = server.socket_uri("lifecycle")
@@ -73,8 +74,8 @@ def du_and_prune(server, models: int) -> dict:
 def vacuum(server, versions: int) -> dict:
     import psycopg
 
-    from mlflow_pgmodels import prune
-    from mlflow_pgmodels.schema import ensure_schema
+    from mlflow_pgmodels._lifecycle import prune
+    from mlflow_pgmodels._pg.schema import ensure_schema
 
     server.psql("CREATE DATABASE vacuum")
     uri = server.socket_uri("vacuum")

@@ -86,7 +86,7 @@ def concurrent(bench: Bench, size: str, versions: list[str], stock_versions: lis
     """N processes load one new version at once; each against a lone load of a new version."""
     import mlflow
 
-    from mlflow_pgmodels import cache
+    from mlflow_pgmodels._cache import cache
 
     plan, pg = bench.plan, bench.pg
     n = plan.concurrent

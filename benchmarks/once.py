@@ -152,11 +152,11 @@ def _wal(bench: Bench) -> int:
 @contextlib.contextmanager
 def _as_files() -> Iterator[None]:
     """Versions registered meanwhile (in this process) are of format 'files' whatever their size."""
-    from mlflow_pgmodels import blobs
+    from mlflow_pgmodels._storage import model_binary
 
-    limit = blobs.MAX_BLOB_BYTES
-    blobs.MAX_BLOB_BYTES = 0
+    limit = model_binary.MAX_BLOB_BYTES
+    model_binary.MAX_BLOB_BYTES = 0
     try:
         yield
     finally:
-        blobs.MAX_BLOB_BYTES = limit
+        model_binary.MAX_BLOB_BYTES = limit

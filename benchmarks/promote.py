@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres, _bin  # noqa: E402
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin  # noqa: E402
 
 
 def _server(base: Path, name: str) -> EmbeddedPostgres:
@@ -66,7 +66,7 @@ def _measure(base: Path, dev: EmbeddedPostgres, prod: EmbeddedPostgres, mib: int
     import mlflow
     from sklearn.linear_model import LinearRegression
 
-    from mlflow_pgmodels import blobs
+    from mlflow_pgmodels._storage import model_binary
     from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 
     dev_uri, prod_uri = dev.socket_uri("registry"), prod.socket_uri("registry")
@@ -77,7 +77,7 @@ def _measure(base: Path, dev: EmbeddedPostgres, prod: EmbeddedPostgres, mib: int
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
     if files:
-        blobs.MAX_BLOB_BYTES = 1 << 20  # anything above 1 MiB is stored as files
+        model_binary.MAX_BLOB_BYTES = 1 << 20  # anything above 1 MiB is stored as files
     store = PgModelsRegistryStore(dev_uri)
     store.create_registered_model("big")
     store.create_model_version("big", str(model_dir))
@@ -114,7 +114,7 @@ def _measure(base: Path, dev: EmbeddedPostgres, prod: EmbeddedPostgres, mib: int
 
 def _child(dev_uri: str, prod_uri: str) -> None:
     """In a new process, MLflow and the package imported first: promote's own time and client memory."""
-    from mlflow_pgmodels.promote import promote
+    from mlflow_pgmodels._lifecycle.promote import promote
     from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 
     PgModelsRegistryStore(dev_uri), PgModelsRegistryStore(prod_uri)

@@ -38,7 +38,7 @@ def database_part(bench: Bench, model: Any, size: str) -> None:
     """
     import mlflow
 
-    from mlflow_pgmodels import archive
+    from mlflow_pgmodels._storage import archive
     from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 
     saved = bench.base / "scratch" / "saved"

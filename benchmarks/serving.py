@@ -32,7 +32,7 @@ WORKERS = 4
 GOAL = 1.5  # slowest client, against stock MLflow's
 NAME = "served"
 _PRELOAD = ["mlflow", "mlflow.pyfunc", "mlflow.sklearn", "sklearn.neighbors", "sklearn.linear_model",
-            "mlflow_pgmodels.artifact_repo", "benchmarks.serving"]
+            "mlflow_pgmodels.version_artifact_repo", "benchmarks.serving"]
 
 
 def serving(bench: Bench) -> None:
@@ -81,7 +81,7 @@ def _log_through(server_url: str, model, workdir: Path) -> None:
 
 def _chunks_per_read(bench: Bench, name: str, version: str) -> int:
     """How many chunk queries one whole read of a version's blob makes (blobs.read_blob)."""
-    from mlflow_pgmodels.blobs import READ_CHUNK
+    from mlflow_pgmodels._storage.model_binary import READ_CHUNK
 
     return math.ceil(database.blob_mib(bench.pg, name, version) * 2**20 / READ_CHUNK)
 

@@ -18,7 +18,7 @@ def forwarded_uri(uri: str, port: int) -> str:
     """``uri`` (a ``pgmodels://`` URI over a unix socket) pointed at a :class:`Forwarder` on ``port``."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from mlflow_pgmodels.uri import to_conninfo
+    from mlflow_pgmodels._pg.uri import to_conninfo
 
     params = conninfo_to_dict(to_conninfo(uri))
     return f"pgmodels://{params.get('user', 'postgres')}@127.0.0.1:{port}/{params['dbname']}?sslmode=disable"
@@ -28,7 +28,7 @@ def server_socket(uri: str) -> str:
     """The unix socket file a ``pgmodels://`` URI with ``host=<dir>&port=<n>`` connects to."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from mlflow_pgmodels.uri import to_conninfo
+    from mlflow_pgmodels._pg.uri import to_conninfo
 
     params = conninfo_to_dict(to_conninfo(uri))
     return f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}"

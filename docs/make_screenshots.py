@@ -17,7 +17,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres  # noqa: E402
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres  # noqa: E402
 from tests.browser import screenshots, seed_registry  # noqa: E402
 from tests.mlflow_server import mlflow_server  # noqa: E402
 

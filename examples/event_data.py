@@ -114,7 +114,7 @@ def connect():
     import mlflow
     import psycopg
 
-    from mlflow_pgmodels.uri import is_pgmodels_uri, to_conninfo
+    from mlflow_pgmodels._pg.uri import is_pgmodels_uri, to_conninfo
 
     uri = mlflow.get_registry_uri()
     if not is_pgmodels_uri(uri):
@@ -132,7 +132,7 @@ _ready: set[str] = set()
 
 def _create_tables(conn) -> None:
     """The examples' part of sql/create-tables.sql (the store creates the models tables itself)."""
-    from mlflow_pgmodels.schema import sql_dir
+    from mlflow_pgmodels._pg.schema import sql_dir
 
     text = (sql_dir() / "create-tables.sql").read_text()
     ddl = "\n".join(line for line in text.splitlines() if not line.startswith("\\ir "))

@@ -28,7 +28,7 @@ def embedded_store() -> str:
     """The URI of the per-user embedded PostgreSQL (started if needed), with its ``mlflow`` database."""
     import psycopg
 
-    from mlflow_pgmodels.embedded import QUICKSTART_DATABASE, default_server
+    from mlflow_pgmodels._pg.embedded import QUICKSTART_DATABASE, default_server
 
     server = default_server()
     print(f"No MLFLOW_TRACKING_URI set: using the embedded PostgreSQL in {server.data_dir}")

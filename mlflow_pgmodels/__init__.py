@@ -6,7 +6,7 @@ imported on first use, because MLflow loads this package while ``import mlflow``
 
 # MLflow first, whatever module of this package is imported first: importing mlflow loads our
 # entry points (artifact_repo, tracking_store), and a module that is itself half-imported at that
-# moment (``import mlflow_pgmodels.uri`` as a program's first import) would fail to register, with
+# moment (``import mlflow_pgmodels._pg.uri`` as a program's first import) would fail to register, with
 # only a warning. When mlflow is the one importing us, this gets its half-built module: harmless.
 import os as _os
 import sys as _sys
@@ -37,8 +37,8 @@ __all__ = [*_HELPERS, "promote_version"]
 
 
 def __getattr__(name: str):
-    if name == "promote_version":  # the function of promote.py (``mlflow_pgmodels.promote`` is the module)
-        from mlflow_pgmodels.promote import promote
+    if name == "promote_version":  # the function of promote.py (``mlflow_pgmodels._lifecycle.promote`` is the module)
+        from mlflow_pgmodels._lifecycle.promote import promote
 
         return promote
     if name in _HELPERS:

@@ -11,14 +11,15 @@ import sys
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels.uri import URI_HELP, redact, resolve_uri
+from mlflow_pgmodels._pg.uri import URI_HELP, redact, resolve_uri
 
 def _db(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels import _mlflow, mlflow_schema
-    from mlflow_pgmodels.db import connection
-    from mlflow_pgmodels.schema import SCHEMA_VERSION, schema_lock, upgrade
+    from mlflow_pgmodels import _mlflow
+    from mlflow_pgmodels._pg import mlflow_schema
+    from mlflow_pgmodels._pg.db import connection
+    from mlflow_pgmodels._pg.schema import SCHEMA_VERSION, schema_lock, upgrade
     from mlflow_pgmodels.tracking_store import build_tracking_store
-    from mlflow_pgmodels.uri import to_sqlalchemy_url
+    from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
 
     uri = resolve_uri(args.uri)
     with connection(uri, f"{args.action} the schema") as conn:
@@ -44,7 +45,7 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels import cache
+    from mlflow_pgmodels._cache import cache
 
     if args.action == "ls":
         entries = cache.entries()
@@ -65,7 +66,7 @@ def _cache(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     import json
 
-    from mlflow_pgmodels.history import model_history
+    from mlflow_pgmodels._events.history import model_history
 
     for change in model_history(resolve_uri(args.uri), args.name, args.version, args.since):
         print(json.dumps(change.to_json(), ensure_ascii=False) if args.json else change.describe())
@@ -73,7 +74,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _embedded(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels.embedded import QUICKSTART_DATABASE, quickstart_server
+    from mlflow_pgmodels._pg.embedded import QUICKSTART_DATABASE, quickstart_server
 
     server = quickstart_server()
     running = server.running()
@@ -113,15 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("action", choices=["status", "stop"])
     embedded.set_defaults(func=_embedded)
 
-    from mlflow_pgmodels import (governance_command, import_registry, lifecycle_command, migrate, promote_command,
-                                 webhooks_command)
+    from mlflow_pgmodels._commands import governance
+    from mlflow_pgmodels._commands import import_registry
+    from mlflow_pgmodels._commands import lifecycle
+    from mlflow_pgmodels._commands import migrate
+    from mlflow_pgmodels._commands import promote
+    from mlflow_pgmodels._commands import webhooks
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)
-    webhooks_command.add_parser(sub)
-    governance_command.add_parser(sub)
-    lifecycle_command.add_parser(sub)
-    promote_command.add_parser(sub)
+    webhooks.add_parser(sub)
+    governance.add_parser(sub)
+    lifecycle.add_parser(sub)
+    promote.add_parser(sub)
 
     history = sub.add_parser(
         "history", help="what changed in a registered model, when and by whom (newest first)",

@@ -29,12 +29,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import _mlflow
-from mlflow_pgmodels.uri import resolve_uri
-from mlflow_pgmodels.db import connection
-from mlflow_pgmodels.reads import read_connection
-from mlflow_pgmodels.entities import ACTIVE_SQL
-from mlflow_pgmodels.search import latest_active_version
-from mlflow_pgmodels.uri import redact
+from mlflow_pgmodels._pg.uri import resolve_uri
+from mlflow_pgmodels._pg.db import connection
+from mlflow_pgmodels._pg.reads import read_connection
+from mlflow_pgmodels._registry.entities import ACTIVE_SQL
+from mlflow_pgmodels._registry.search import latest_active_version
+from mlflow_pgmodels._pg.uri import redact
 
 _mlflow.require()  # an MLflow without what this package needs fails here, saying what to do
 
@@ -83,7 +83,7 @@ def load_model_from_db(name: str, event: str, model_type: str, version: int | No
             number = row and row[0]
         if number is None:
             raise _missing(conn, uri, name, event, model_type, version)
-    from mlflow_pgmodels.fetch import DatabaseSource
+    from mlflow_pgmodels._cache.fetch import DatabaseSource
 
     return load_native(DatabaseSource(uri).materialize(name, number)), number
 
@@ -178,7 +178,7 @@ def load_native(model_dir: str) -> Any:
 
 # ---------------------------------------------------------------------- internals
 def _store(uri: str | None):
-    from mlflow_pgmodels.registry_store import PgModelsRegistryStore
+    from mlflow_pgmodels._registry.store import PgModelsRegistryStore
 
     return PgModelsRegistryStore(resolve_uri(uri))
 

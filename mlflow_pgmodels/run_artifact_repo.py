@@ -18,13 +18,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels import artifact_root, artifacts
-from mlflow_pgmodels.uri import is_pgmodels_uri, remembered_store
+from mlflow_pgmodels._storage import artifact_root
+from mlflow_pgmodels._storage import artifacts
+from mlflow_pgmodels._pg.uri import is_pgmodels_uri, remembered_store
 
 artifact_root.configure_server()
 
 
-class PgArtifactRepository(ArtifactRepository):
+class RunArtifactRepository(ArtifactRepository):
     """Artifacts below one ``pgmodels-artifacts:`` root, read and written in the database."""
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:

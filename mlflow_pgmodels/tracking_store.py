@@ -15,12 +15,13 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
 
     from mlflow.exceptions import MlflowException
 
-    from mlflow_pgmodels import _mlflow, mlflow_schema
-    from mlflow_pgmodels.db import connection, quiet_aborted_pipelines
-    from mlflow_pgmodels.schema import schema_lock
-    from mlflow_pgmodels.settings import refuse_workspaces
-    from mlflow_pgmodels.artifact_root import default_artifact_root
-    from mlflow_pgmodels.uri import remember_store, to_sqlalchemy_url
+    from mlflow_pgmodels import _mlflow
+    from mlflow_pgmodels._pg import mlflow_schema
+    from mlflow_pgmodels._pg.db import connection, quiet_aborted_pipelines
+    from mlflow_pgmodels._pg.schema import schema_lock
+    from mlflow_pgmodels._settings import refuse_workspaces
+    from mlflow_pgmodels._storage.artifact_root import default_artifact_root
+    from mlflow_pgmodels._pg.uri import remember_store, to_sqlalchemy_url
 
     _mlflow.require()
     _mlflow.tolerate_half_imported_auth_module()
@@ -52,7 +53,7 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
 def job_store_url(store_uri: str) -> str | None:
     """The SQLAlchemy URL MLflow's job store uses for a ``pgmodels://`` backend (the tracking
     store's database); None for any other URI."""
-    from mlflow_pgmodels.uri import is_pgmodels_uri, to_sqlalchemy_url
+    from mlflow_pgmodels._pg.uri import is_pgmodels_uri, to_sqlalchemy_url
 
     return to_sqlalchemy_url(store_uri) if is_pgmodels_uri(store_uri) else None
 
@@ -82,7 +83,7 @@ def _for_poolers(engine) -> None:
 
 
 def _on_connect(dbapi_connection, record) -> None:
-    from mlflow_pgmodels.db import for_poolers
+    from mlflow_pgmodels._pg.db import for_poolers
 
     for_poolers(dbapi_connection)
     dbapi_connection.rollback()  # the check's transaction; SQLAlchemy expects none open
@@ -93,7 +94,7 @@ def _experiment_files_go_with_it(store, store_uri: str) -> None:
     with it (its LoggedModels' and traces', which gc does not delete one by one), and blobs that
     nothing references (none unless a release before schema 5 leaked them) are swept."""
     from mlflow_pgmodels._mlflow import before_hard_delete_experiment
-    from mlflow_pgmodels.artifacts import delete_experiment_files
+    from mlflow_pgmodels._storage.artifacts import delete_experiment_files
 
     def delete_files(experiment_id) -> None:
         experiment = store.get_experiment(experiment_id)
@@ -113,7 +114,7 @@ def _permission_errors(session_maker):
     from mlflow.exceptions import MlflowException
     from psycopg import errors as pg_errors
 
-    from mlflow_pgmodels.db import translate_errors
+    from mlflow_pgmodels._pg.db import translate_errors
 
     @contextlib.contextmanager
     def managed_session(*args, **kwargs):

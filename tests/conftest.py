@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres
 
 TEMPLATE = "pgm_template"
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def pg():
     subprocess.run(
         [sys.executable, "-c",
          "import sys; from mlflow_pgmodels.tracking_store import build_tracking_store; "
-         "from mlflow_pgmodels.schema import ensure_schema; "
+         "from mlflow_pgmodels._pg.schema import ensure_schema; "
          "build_tracking_store(sys.argv[1]); ensure_schema(sys.argv[1])",
          server.socket_uri(TEMPLATE)],
         check=True, capture_output=True,

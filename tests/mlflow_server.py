@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_pgmodels.embedded import free_port
+from mlflow_pgmodels._pg.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a log line of a failure looks like: a Python traceback or a logging record at ERROR.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from mlflow_pgmodels.embedded import _RUN_AS, EmbeddedPostgres, free_port
+from mlflow_pgmodels._pg.embedded import _RUN_AS, EmbeddedPostgres, free_port
 from tests import procs
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"

@@ -11,7 +11,7 @@ import os
 import time
 
 _PRELOAD = ["mlflow", "mlflow.pyfunc", "mlflow.sklearn", "sklearn.linear_model",
-            "mlflow_pgmodels.registry_store", "mlflow_pgmodels.artifact_repo", "tests.sample"]
+            "mlflow_pgmodels.registry_store", "mlflow_pgmodels.version_artifact_repo", "tests.sample"]
 
 
 def context() -> multiprocessing.context.BaseContext:

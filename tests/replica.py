@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres, _bin
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin
 from tests import procs
 from tests.conftest import TEMPLATE
 

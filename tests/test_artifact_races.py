@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import artifacts, stored_zip
+from mlflow_pgmodels._storage import artifacts
+from mlflow_pgmodels._storage import stored_zip
 from tests import procs, sample
 
 MODEL_FILES = {"MLmodel": b"flavors:\n  python_function:\n    loader_module: nothing\n",
@@ -296,7 +297,7 @@ def test_a_schema_4_database_is_upgraded_to_the_locking_triggers(client, db, tmp
            " CREATE TRIGGER pgm_artifacts_drop_orphan_blob AFTER DELETE OR UPDATE OF blob_id ON pgm_artifacts"
            "  FOR EACH ROW EXECUTE FUNCTION pgm_drop_orphan_blob();"
            " UPDATE pgm_schema_info SET schema_version = 4")
-    from mlflow_pgmodels import schema
+    from mlflow_pgmodels._pg import schema
 
     schema._ready.clear()
     with mlflow.start_run():

@@ -14,7 +14,7 @@ import mlflow
 import psycopg
 import pytest
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres, _bin
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin
 from tests import sample
 
 

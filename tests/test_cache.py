@@ -21,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import RandomForestClassifier
 
-from mlflow_pgmodels import archive, cache, cli
-from mlflow_pgmodels import db as pgdb
+from mlflow_pgmodels import cli
+from mlflow_pgmodels._storage import archive
+from mlflow_pgmodels._cache import cache
+from mlflow_pgmodels._pg import db as pgdb
 from tests import procs, sample
 
 

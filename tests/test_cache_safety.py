@@ -17,8 +17,8 @@ import textwrap
 import mlflow
 import pytest
 
-from mlflow_pgmodels import cache
-from mlflow_pgmodels.artifact_repo import PgModelsArtifactRepository
+from mlflow_pgmodels._cache import cache
+from mlflow_pgmodels.version_artifact_repo import VersionArtifactRepository
 from tests import sample
 from tests.test_cache import model_bytes_read
 
@@ -246,7 +246,7 @@ def test_what_a_killed_process_left_is_swept_by_the_next_fill(client, db):
     sample.log(sample.regressor(3.0), "small")
     loader = child(db, cache.root(), """
         import time, mlflow
-        from mlflow_pgmodels import fetch
+        from mlflow_pgmodels._cache import fetch
 
         write = fetch._ModelSink.write
         def stall(self, data):
@@ -296,7 +296,7 @@ def test_an_archive_download_makes_no_temporary_directory(client, db, tmp_path, 
     own_tmp = tmp_path / "tmp"
     own_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
-    repo = PgModelsArtifactRepository("pgmodels:/price/1", registry_uri=db.uri)
+    repo = VersionArtifactRepository("pgmodels:/price/1", registry_uri=db.uri)
 
     out = repo.download_artifacts(".pgmodels/model.zip", dst_path=str(tmp_path / "dst"))
     assert out == str(tmp_path / "dst" / ".pgmodels" / "model.zip") and os.path.getsize(out) > 0
@@ -306,8 +306,8 @@ def test_an_archive_download_makes_no_temporary_directory(client, db, tmp_path, 
     downloader = child(db, cache.root(), f"""
         import os, tempfile
         tempfile.tempdir = {str(own_tmp)!r}
-        from mlflow_pgmodels.artifact_repo import PgModelsArtifactRepository
-        out = PgModelsArtifactRepository("pgmodels:/price/1", registry_uri={db.uri!r}).download_artifacts(
+        from mlflow_pgmodels.version_artifact_repo import VersionArtifactRepository
+        out = VersionArtifactRepository("pgmodels:/price/1", registry_uri={db.uri!r}).download_artifacts(
             ".pgmodels/model.zip")
         print(out if os.path.getsize(out) > 0 else "empty", flush=True)
     """)
@@ -343,7 +343,8 @@ def test_models_load_without_fcntl(client, db):
     sys.modules["fcntl"] = None  # as on Windows: any import of it fails
     import subprocess, mlflow    # (subprocess looks for msvcrt itself: the fake comes after)
     sys.modules["msvcrt"] = msvcrt
-    from mlflow_pgmodels import cache, locks
+    from mlflow_pgmodels._cache import cache
+    from mlflow_pgmodels._cache import locks
     locks.WINDOWS = True
 
     model = mlflow.pyfunc.load_model("models:/price/1")

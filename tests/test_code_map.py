@@ -1,7 +1,9 @@
-"""The package's import arrows run one way (docs/design.md, "Map of the code").
+"""The package's layers, as ``ls mlflow_pgmodels`` shows them (docs/design.md, "Map of the code").
 
-Commands → the seed's helper API and MLflow's entry points → the shared parts → ``uri``. Read
-from the source: every ``import`` of a package module, at the top or inside a function.
+At the top only what users and MLflow import (entry points, the seed's helper API, ``live``, the
+loader MLmodel files name, the command line); below it one private sub-package per layer. A layer
+imports only its own modules and the layers below it; read from the source: every ``import`` of a
+package module, at the top or inside a function.
 """
 
 from __future__ import annotations
@@ -10,24 +12,66 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlflow_pgmodels"
-COMMANDS = {"cli", "migrate", "import_registry", "webhooks_command", "governance_command"}
+
+# bottom first; "" is the public top level
+LAYERS = ["_mlflow", "_settings", "_pg", "_storage", "_events", "_registry", "_cache", "_lifecycle", "",
+          "_commands"]
+PUBLIC = {"__init__", "helpers", "live", "legacy", "registry_store", "tracking_store", "version_artifact_repo",
+          "run_artifact_repo", "cli"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def layer(module: str) -> str:
+    """The layer of a module (``_pg.db`` → ``_pg``; ``helpers`` → the top level, "").
+
+    ``cli``, the console script, is the commands layer's public face."""
+    head = "_commands" if module == "cli" else module.split(".")[0]
+    return head if head in LAYERS else ""
 
 
 def imports() -> dict[str, set[str]]:
-    """module -> the package modules it imports."""
+    """module (dotted, below the package) -> the package modules it imports."""
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mlflow_pgmodels"):
-                if node.module == "mlflow_pgmodels":
-                    found |= {alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists()}
-                else:
-                    found.add(node.module.split(".")[1])
+                base = node.module.removeprefix("mlflow_pgmodels").lstrip(".")
+                for alias in node.names:
+                    candidate = f"{base}.{alias.name}" if base else alias.name
+                    sub = PACKAGE.joinpath(*candidate.split("."))
+                    found.add(candidate if sub.with_suffix(".py").exists() or sub.is_dir() else base)
             elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mlflow_pgmodels.")}
-        graph[path.stem] = found - {path.stem}
+                found |= {a.name.removeprefix("mlflow_pgmodels.") for a in node.names
+                          if a.name.startswith("mlflow_pgmodels.")}
+        name = module_name(path)
+        graph[name] = found - {name, ""}
     return graph
+
+
+def test_the_top_level_holds_only_what_users_and_mlflow_import():
+    top = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if p.is_dir()}
+    private = {name for name in top if name.startswith("_") and name != "__init__"}
+    assert top - private - {"__pycache__", "sql"} == PUBLIC
+    assert private - {"__pycache__"} == {name for name in LAYERS if name}
+
+
+def test_a_layer_never_imports_a_layer_above_it():
+    upward = {module: sorted(t for t in targets if LAYERS.index(layer(t)) > LAYERS.index(layer(module)))
+              for module, targets in imports().items()}
+    assert {m: t for m, t in upward.items() if t} == {}
+
+
+def test_the_seam_imports_nothing_of_the_package_but_itself():
+    graph = imports()
+    assert {m: sorted(t) for m, t in graph.items()
+            if layer(m) == "_mlflow" and any(layer(x) != "_mlflow" for x in t)} == {}
 
 
 def test_there_are_no_import_circles():
@@ -49,10 +93,12 @@ def test_there_are_no_import_circles():
 
 
 def test_library_code_never_imports_the_command_line():
-    graph = imports()
-    offenders = {m: sorted(targets & {"cli"}) for m, targets in graph.items() if m not in COMMANDS and "cli" in targets}
+    offenders = {m: sorted(t) for m, t in imports().items()
+                 if layer(m) != "_commands" and any(layer(x) == "_commands" for x in t)}
     assert offenders == {}
 
 
-def test_uri_is_the_bottom():
-    assert imports()["uri"] == set()
+def test_the_scan_sees_every_layer():
+    graph = imports()
+    assert {layer(m) for m in graph} == set(LAYERS)
+    assert "_pg.db" in graph["_registry.store"] and "_mlflow" in graph["_registry.store"]

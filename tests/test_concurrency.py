@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels.schema import SCHEMA_VERSION
+from mlflow_pgmodels._pg.schema import SCHEMA_VERSION
 from tests import procs, sample
 
 PROCESSES = 16

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels.db import connection
+from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels.tracking_store import build_tracking_store
 from tests import sample
 from tests.mlflow_server import mlflow_server

@@ -12,7 +12,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from benchmarks.wire import Forwarder, forwarded_uri, server_socket
-from mlflow_pgmodels import artifacts, blobs
+from mlflow_pgmodels._storage import artifacts
+from mlflow_pgmodels._storage import model_binary
 from tests import procs
 
 CONTENT = os.urandom(300_000)
@@ -139,7 +140,7 @@ def test_through_an_mlflow_server_the_server_stores_the_bytes_once(db, tmp_path)
 
 
 def test_a_files_version_shares_its_unchanged_weights_with_its_predecessor(client, db, tmp_path, monkeypatch):
-    monkeypatch.setattr(blobs, "MAX_BLOB_BYTES", 1000)  # store versions as 'files' without 1 GB
+    monkeypatch.setattr(model_binary, "MAX_BLOB_BYTES", 1000)  # store versions as 'files' without 1 GB
     weights = os.urandom(200_000)
     dirs = []
     for v, head in enumerate((b"head one", b"head two")):

@@ -10,7 +10,8 @@ import sys
 import mlflow
 import pytest
 
-from mlflow_pgmodels import blobs, space
+from mlflow_pgmodels._storage import model_binary
+from mlflow_pgmodels._lifecycle import space
 from tests import sample
 
 MiB = 2**20
@@ -58,7 +59,7 @@ def test_du_of_a_model_agrees_with_pg_total_relation_size(client, db, tmp_path):
 def test_a_file_shared_by_a_version_and_its_logged_model_is_shown_as_shared_and_counted_once(
         client, db, monkeypatch):
     # a version whose zip would pass the limit is stored as files: the LoggedModel's own pieces (no copy)
-    monkeypatch.setattr(blobs, "MAX_BLOB_BYTES", 100)
+    monkeypatch.setattr(model_binary, "MAX_BLOB_BYTES", 100)
     experiment_id = mlflow.create_experiment("shared")
     with mlflow.start_run(experiment_id=experiment_id):
         mlflow.log_text("x" * 50_000, "notes.txt")  # a run artifact of its own

@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mlflow_pgmodels import embedded
-from mlflow_pgmodels.embedded import EmbeddedPostgres, free_port
+from mlflow_pgmodels._pg import embedded
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, free_port
 
 # what mlflow-pgmodels wrote into every server's postgresql.conf before it kept the quickstart's durable
 OLD_CONF = "\n# mlflow-pgmodels\nfsync = off\nsynchronous_commit = off\nmax_connections = 200\nshared_buffers = 128MB\n"

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres, free_port
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, free_port
 from tests.conftest import ROOT
 
 SMALL = ["--rows", "40"]

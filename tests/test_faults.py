@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import cache
+from mlflow_pgmodels._cache import cache
 from tests import procs, sample
 
 pytestmark = pytest.mark.slow

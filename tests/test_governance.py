@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookAction, WebhookEntity, WebhookEvent
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import cli, governance, helpers
+from mlflow_pgmodels import cli, helpers
+from mlflow_pgmodels._lifecycle import governance
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import procs, sample
 from tests.mlflow_server import mlflow_server

@@ -9,8 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from mlflow_pgmodels import (activate_model, deactivate_model, get_latest_model_version, load_model_from_db,
-                             save_model_to_db)
+from mlflow_pgmodels import activate_model, deactivate_model, get_latest_model_version, load_model_from_db, save_model_to_db
 from tests import sample
 
 

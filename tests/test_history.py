@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_pgmodels import cli
-from mlflow_pgmodels.history import model_history, parse_notification
+from mlflow_pgmodels._events.history import model_history, parse_notification
 from tests import sample
 
 VERSION_KEYS = {"source", "run_id", "model_id", "event", "model_type", "is_active", "stage", "description", "user_id"}

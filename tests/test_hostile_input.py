@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 from mlflow.utils.search_utils import SearchModelUtils, SearchModelVersionUtils
 
-from mlflow_pgmodels import cache
-from mlflow_pgmodels.uri import parse_download_uri
+from mlflow_pgmodels._cache import cache
+from mlflow_pgmodels._pg.uri import parse_download_uri
 from tests import sample
 
 INJECTION = "'; DROP TABLE models; --"

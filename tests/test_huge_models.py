@@ -117,7 +117,7 @@ def test_a_model_past_1gb_is_logged_registered_and_loaded_everywhere(client, db,
     get_artifact_repository(location).delete_artifacts()
     assert db.sql("SELECT count(*) FROM pgm_artifacts") == [(0,)]
     assert db.sql("SELECT count(*) FROM pgm_blobs WHERE size_bytes >= %s", (SIZE,)) == [(1,)]
-    from mlflow_pgmodels import cache
+    from mlflow_pgmodels._cache import cache
 
     cache.clear()
     assert mlflow.pyfunc.load_model("models:/huge-copy/1").predict([0]) == [digest]

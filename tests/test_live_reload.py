@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels.embedded import EmbeddedPostgres
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres
 from mlflow_pgmodels.live import LiveModel
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from mlflow_pgmodels.cli import main
-from mlflow_pgmodels.migrate import PATH_TAG, SHA256_TAG, compile_pattern
+from mlflow_pgmodels._commands.migrate import PATH_TAG, SHA256_TAG, compile_pattern
 from tests import sample
 
 PATTERN = "{event}/{name}_{model_type}.joblib"

@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels.cli import main
-from mlflow_pgmodels.schema import SCHEMA_VERSION
+from mlflow_pgmodels._pg.schema import SCHEMA_VERSION
 from mlflow_pgmodels.tracking_store import build_tracking_store
 
 HEAD = _mlflow.mlflow_schema_head()

@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
 from mlflow_pgmodels.cli import main
-from mlflow_pgmodels.embedded import free_port
-from mlflow_pgmodels.webhook_delivery import Dispatcher
+from mlflow_pgmodels._pg.embedded import free_port
+from mlflow_pgmodels._events.webhook_delivery import Dispatcher
 from tests import pgbouncer, procs, sample
 from tests.mlflow_server import client_env, mlflow_server
 from tests.test_webhooks import receiver, webhook_env  # noqa: F401  (fixtures)

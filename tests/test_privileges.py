@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from mlflow_pgmodels.schema import upgrade
+from mlflow_pgmodels._pg.schema import upgrade
 from tests import sample
 
 _counter = itertools.count()

@@ -17,9 +17,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import blobs, governance
-from mlflow_pgmodels.promote import LINEAGE, PROMOTED_TO, lock_key, promote
-from mlflow_pgmodels.webhook_delivery import Dispatcher
+from mlflow_pgmodels._storage import model_binary
+from mlflow_pgmodels._lifecycle import governance
+from mlflow_pgmodels._lifecycle.promote import LINEAGE, PROMOTED_TO, lock_key, promote
+from mlflow_pgmodels._events.webhook_delivery import Dispatcher
 from tests import procs, sample
 from tests.conftest import make_database
 from tests.test_webhooks import MV_CREATED, receiver, webhook_env  # noqa: F401  (fixtures)
@@ -109,7 +110,7 @@ def test_promoting_again_reuses_the_version_and_reapplies_the_alias(db, target, 
 
 def test_a_files_version_is_promoted_file_by_file(db, target, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(blobs, "MAX_BLOB_BYTES", 100)  # any model is 'too big for one value': stored as files
+        m.setattr(model_binary, "MAX_BLOB_BYTES", 100)  # any model is 'too big for one value': stored as files
         _register(db, tmp_path, slope=7.0)
     assert db.sql("SELECT format FROM models") == [("files",)]
 
@@ -163,7 +164,7 @@ def test_missing_version_alias_or_model(db, target, tmp_path):
 def test_corrupt_bytes_at_the_source_are_data_loss_and_nothing_is_written(db, target, tmp_path, monkeypatch):
     _register(db, tmp_path)
     with monkeypatch.context() as m:
-        m.setattr(blobs, "MAX_BLOB_BYTES", 100)
+        m.setattr(model_binary, "MAX_BLOB_BYTES", 100)
         _register(db, tmp_path, slope=4.0)
     db.sql("UPDATE models SET model_binary = overlay(model_binary PLACING '\\x00ff'::bytea FROM 60) WHERE version = 1")
     db.sql("UPDATE pgm_blob_pieces SET data = overlay(data PLACING '\\x00ff'::bytea FROM 3)"
@@ -190,7 +191,7 @@ def test_a_version_deleted_at_the_source_during_the_copy_leaves_nothing_on_the_t
                                                                                       monkeypatch, as_files):
     with monkeypatch.context() as m:
         if as_files:
-            m.setattr(blobs, "MAX_BLOB_BYTES", 100)
+            m.setattr(model_binary, "MAX_BLOB_BYTES", 100)
         _register(db, tmp_path)
     assert db.sql("SELECT format FROM models") == [("files" if as_files else "mlflow-zip",)]
     before = _target_state(target)

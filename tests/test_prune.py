@@ -9,7 +9,7 @@ import sys
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import prune
+from mlflow_pgmodels._lifecycle import prune
 from tests import procs, sample
 
 
@@ -232,7 +232,7 @@ def test_keep_by_alias_and_off(churn, db):
 
 
 def test_a_model_governance_keeps_from_the_user_is_left_whole_and_the_others_are_pruned(client, db, tmp_path):
-    from mlflow_pgmodels import governance
+    from mlflow_pgmodels._lifecycle import governance
 
     for name in ("team-a-churn", "team-b-fraud"):
         register(client, tmp_path, name, 3)

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
-from mlflow_pgmodels.db import READ_URI_ENV, READ_WAIT_ENV
-from mlflow_pgmodels.embedded import free_port
+from mlflow_pgmodels._pg.db import READ_URI_ENV, READ_WAIT_ENV
+from mlflow_pgmodels._pg.embedded import free_port
 from tests import procs, sample
 from tests.replica import Pair
 from tests.test_faults import _keep_working, _small_model_dir

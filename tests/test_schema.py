@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_pgmodels.schema import SCHEMA_VERSION
+from mlflow_pgmodels._pg.schema import SCHEMA_VERSION
 from tests import sample
 from tests.conftest import ROOT
 
@@ -240,7 +240,7 @@ def test_the_wheel_ships_the_sql_files_and_finds_them(tmp_path):
     assert Path(sql_dir) == tmp_path / "site" / "mlflow_pgmodels" / "sql" and int(length) > 1000
 
 
-@pytest.mark.parametrize("first_import", ["mlflow_pgmodels.uri", "mlflow_pgmodels.artifact_repo"])
+@pytest.mark.parametrize("first_import", ["mlflow_pgmodels._pg.uri", "mlflow_pgmodels.version_artifact_repo"])
 def test_the_schemes_register_whichever_module_a_program_imports_first(first_import):
     check = (f"import warnings; warnings.simplefilter('error', UserWarning); import {first_import}; "
              "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository; "
@@ -249,4 +249,4 @@ def test_the_schemes_register_whichever_module_a_program_imports_first(first_imp
              "_tracking_store_registry.get_store_builder('pgmodels://x/y').__name__)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["PgModelsArtifactRepository", "build_tracking_store"]
+    assert result.stdout.split() == ["VersionArtifactRepository", "build_tracking_store"]

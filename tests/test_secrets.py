@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from psycopg import sql
 
-from mlflow_pgmodels.embedded import free_port
+from mlflow_pgmodels._pg.embedded import free_port
 from mlflow_pgmodels.registry_store import PgModelsRegistryStore
 from tests import sample
 
@@ -190,13 +190,13 @@ def _assert_refused(attempt, says: str, where: str) -> None:
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_uris_are_refused_without_the_password(case, log_records):
     from mlflow_pgmodels import load_model_from_db, save_model_to_db
-    from mlflow_pgmodels.artifact_repo import PgModelsArtifactRepository
-    from mlflow_pgmodels.uri import to_sqlalchemy_url
+    from mlflow_pgmodels.version_artifact_repo import VersionArtifactRepository
+    from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
 
     uri, says = MALFORMED[case]
     attempts = {
         "store": lambda: PgModelsRegistryStore(uri),
-        "artifact repository": lambda: PgModelsArtifactRepository(
+        "artifact repository": lambda: VersionArtifactRepository(
             "pgmodels:/m/1", registry_uri=uri).download_artifacts("", dst_path="out"),
         "load helper": lambda: load_model_from_db("m", "e", "regression", uri=uri),
         "save helper": lambda: save_model_to_db(sample.regressor(1.0), "m", "e", "regression", uri=uri),

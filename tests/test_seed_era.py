@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import helpers
-from mlflow_pgmodels.schema import SCHEMA_VERSION
+from mlflow_pgmodels._pg.schema import SCHEMA_VERSION
 from tests import sample
 from tests.conftest import ROOT
 from tests.mlflow_server import mlflow_server, run_client

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import cache
+from mlflow_pgmodels._cache import cache
 from tests import sample
 from tests.mlflow_server import client_env, mlflow_server, run_client, run_command
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.protos.databricks_pb2 import DATA_LOSS, ErrorCode
 
-from mlflow_pgmodels import cache
+from mlflow_pgmodels._cache import cache
 from tests import procs, sample
 from tests.conftest import make_database
 from tests.mlflow_server import mlflow_server

@@ -16,8 +16,8 @@ from cryptography.fernet import Fernet
 from mlflow.entities.webhook import WebhookAction, WebhookEntity, WebhookEvent, WebhookStatus
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import webhook_delivery
-from mlflow_pgmodels.webhook_delivery import Dispatcher
+from mlflow_pgmodels._events import webhook_delivery
+from mlflow_pgmodels._events.webhook_delivery import Dispatcher
 from tests import sample
 from tests.mlflow_server import mlflow_server
 
@@ -460,7 +460,7 @@ def test_writer_role_runs_webhooks_and_reader_role_cannot_create_them(db, webhoo
         assert reader_uri.split(":")[2].split("@")[0] not in e.value.message  # no password in the error
 def test_a_schema_4_database_gets_delivery_leases_on_first_use(db):
     """An existing database from before leases (schema version 4) is upgraded in place, its pending deliveries kept."""
-    from mlflow_pgmodels.schema import SCHEMA_VERSION, ensure_schema
+    from mlflow_pgmodels._pg.schema import SCHEMA_VERSION, ensure_schema
 
     db.sql("ALTER TABLE pgm_webhook_deliveries DROP COLUMN leased_until")
     db.sql("UPDATE pgm_schema_info SET schema_version = 4")

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels import archive, cache, load_model_from_db
+from mlflow_pgmodels import load_model_from_db
+from mlflow_pgmodels._storage import archive
+from mlflow_pgmodels._cache import cache
 from tests import sample
 from tests.test_hostile_input import _Unseekable  # zipfile then writes data descriptors
 

@@ -1,0 +1,432 @@
+"""Connections to the model database, and PostgreSQL errors turned into MlflowExceptions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    PERMISSION_DENIED,
+    RESOURCE_ALREADY_EXISTS,
+    TEMPORARILY_UNAVAILABLE,
+)
+
+from mlflow_pgmodels._settings import positive_number
+from mlflow_pgmodels._pg.uri import redact, to_conninfo
+
+POOL_MAX_SIZE_ENV = "MLFLOW_PGMODELS_POOL_MAX_SIZE"
+POOL_TIMEOUT_ENV = "MLFLOW_PGMODELS_POOL_TIMEOUT"
+READ_URI_ENV = "MLFLOW_PGMODELS_READ_URI"
+READ_WAIT_ENV = "MLFLOW_PGMODELS_READ_WAIT"
+DEFAULT_READ_WAIT = 1.0  # seconds a read waits for the standby to replay this process's writes
+# 8 per process: a default `mlflow server` (4 workers) then needs 4 × (8 + MLflow's 5 + 10) = 92
+# connections with the tracking half, inside PostgreSQL's default max_connections of 100.
+DEFAULT_POOL_MAX_SIZE = 8
+DEFAULT_POOL_TIMEOUT = 30.0
+# A dead peer is noticed after about idle + interval × count = 60 s instead of the kernel's ~15 min.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+_POOL_NAME = "mlflow-pgmodels"
+# How the governance triggers (sql/pgmodels_governance.sql) start their messages.
+GOVERNANCE_PREFIX = "pgmodels governance: "
+# How often a waiting call looks whether the pool failed to connect (so it fails fast, not at the timeout).
+_WAIT_SLICE = 0.2
+
+
+def connect_kwargs(conninfo: str) -> dict:
+    """What every connection gets unless the URI or libpq's environment says otherwise."""
+    params = conninfo_to_dict(conninfo)
+    kwargs: dict = {"autocommit": True}
+    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        kwargs["connect_timeout"] = 10
+    if "application_name" not in params and not os.environ.get("PGAPPNAME"):
+        kwargs["application_name"] = _POOL_NAME
+    kwargs.update({k: v for k, v in KEEPALIVES.items() if k not in params})
+    return kwargs
+
+
+def behind_transaction_pooler(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` goes through a transaction pooler such as PgBouncer (not to one backend of its own).
+
+    A pooler answers the startup with its own cancel key, so the backend pid the connection was
+    told differs from the one that runs its statements.
+    """
+    return conn.info.backend_pid != conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def for_poolers(conn: psycopg.Connection) -> None:
+    """Set up a new connection: no server-side prepared statements behind a transaction pooler.
+
+    Each transaction may run on another backend there, where a statement prepared on the last
+    one does not exist (PgBouncer before 1.21 does not carry them over).
+    """
+    if behind_transaction_pooler(conn):
+        conn.prepare_threshold = None
+
+
+def require_session(conn: psycopg.Connection, what: str, uri: str) -> None:
+    """Refuse ``conn`` for what needs a session of its own (``LISTEN``) when it goes through a pooler."""
+    if behind_transaction_pooler(conn):
+        raise MlflowException(
+            f"Cannot {what} through {redact(uri)}: it reaches PostgreSQL through a transaction-pooling "
+            "connection pooler (such as PgBouncer with pool_mode = transaction), where LISTEN and its "
+            "notifications do not stay on one connection. Give this a URI that connects to PostgreSQL "
+            "directly (or through a session-pooling pool); see docs/scaling.md.",
+            error_code=INVALID_PARAMETER_VALUE)
+
+
+class _PooledConnection(psycopg.Connection):
+    """A connection of one of our pools; tells its pool when connecting fails."""
+
+    on_failure = staticmethod(lambda error: None)
+    home: ConnectionPool | None = None  # the pool to give it back to
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs):
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as e:
+            cls.on_failure(e)
+            raise
+
+
+class _Pool:
+    """A psycopg_pool ConnectionPool that fails fast when the server cannot be reached.
+
+    psycopg_pool retries connecting in the background and lets callers wait for the full
+    timeout; a caller here gets the connection error as soon as an attempt fails, and waits the
+    timeout only when every connection is in use.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self.max_size = int(positive_number(POOL_MAX_SIZE_ENV, DEFAULT_POOL_MAX_SIZE))
+        self.timeout = positive_number(POOL_TIMEOUT_ENV, DEFAULT_POOL_TIMEOUT, float)
+        self._conninfo = conninfo
+        self._lock = threading.Lock()
+        self._failure: tuple[float, str] | None = None
+        self._connection_class = type("PooledConnection", (_PooledConnection,),
+                                      {"on_failure": staticmethod(self._failed)})
+        self.pool = self._open()
+
+    def _open(self) -> ConnectionPool:
+        # min_size 0: no connection is opened before the first call, none kept open by a process
+        # that stopped using the registry (idle ones close after max_idle), and no background
+        # reconnection loop while the server is down. reconnect_timeout 0: a failed attempt is
+        # given up at once, so the next call tries again instead of waiting for a backoff.
+        return ConnectionPool(self._conninfo, connection_class=self._connection_class,
+                              kwargs=connect_kwargs(self._conninfo), configure=for_poolers,
+                              min_size=0, max_size=self.max_size,
+                              timeout=self.timeout, reconnect_timeout=0, name=_POOL_NAME, open=True)
+
+    def _failed(self, error: psycopg.OperationalError) -> None:
+        self._failure = (time.monotonic(), str(error))
+
+    def get(self, what: str, uri: str) -> psycopg.Connection:
+        """A working connection: one the server has sent something to while it was idle (a server
+        restart leaves dead ones, told so) is checked with a round trip first."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            pool = self.pool
+            try:
+                conn = pool.getconn(timeout=max(min(_WAIT_SLICE, remaining), 0.001))
+            except PoolTimeout:
+                failure = self._failure
+                if failure and failure[0] >= start:
+                    raise psycopg.OperationalError(failure[1]) from None
+                if remaining <= _WAIT_SLICE:
+                    raise self._exhausted(what, uri) from None
+                continue
+            conn.home = pool
+            try:
+                if _has_input(conn):
+                    conn.execute("")
+                return conn
+            except psycopg.Error:
+                conn.close()
+                pool.putconn(conn)
+                pool.check()  # the other idle ones are likely dead too
+
+    def put(self, conn: psycopg.Connection) -> None:
+        """Give a connection back; one left mid-transaction or broken is closed, not reused."""
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+        conn.home.putconn(conn)
+
+    def discard_idle(self) -> None:
+        """Close the idle connections (e.g. so that their backends report statistics); a new pool follows."""
+        with self._lock:
+            old, self.pool = self.pool, self._open()
+        old.close()
+
+    def _exhausted(self, what: str, uri: str) -> MlflowException:
+        return MlflowException(
+            f"Cannot {what}: the connection pool to {redact(uri)} is exhausted (all {self.max_size} "
+            f"connections of this process were in use for {self.timeout:g} s). Raise {POOL_MAX_SIZE_ENV} "
+            f"(now {self.max_size}; keep workers × it below the server's max_connections) or "
+            f"{POOL_TIMEOUT_ENV} (seconds to wait, now {self.timeout:g}); the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE)
+
+
+def _has_input(conn: psycopg.Connection) -> bool:
+    """Whether the server sent anything to this idle connection (or closed it): a pooled connection
+    is idle between calls, so anything there is a termination notice or end of file. Costs no round
+    trip, unlike a query on every checkout."""
+    if conn.closed:
+        return True
+    fd = conn.pgconn.socket
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+class _OurPoolNoise(logging.Filter):
+    """Drops psycopg_pool's warnings about our pools: each failure reaches the caller as an MlflowException."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.levelno == logging.WARNING and any(
+            isinstance(a, _PooledConnection) or a == _POOL_NAME for a in args))
+
+
+_pools: dict[tuple[int, str], _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def quiet_aborted_pipelines() -> None:
+    """Drop psycopg's "error ignored terminating <Pipeline …>: pipeline aborted" warnings.
+
+    When a statement in psycopg's pipeline mode fails (SQLAlchemy runs MLflow's executemany that
+    way; a registration here sends its statements that way), the error is raised to the caller as
+    usual and psycopg also warns that it ignored the follow-up error while closing the pipeline.
+    Only that second, redundant line is dropped.
+    """
+    logger = logging.getLogger("psycopg")
+    if not any(isinstance(f, _AbortedPipelineFilter) for f in logger.filters):
+        logger.addFilter(_AbortedPipelineFilter())
+
+
+class _AbortedPipelineFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("error ignored terminating <psycopg.Pipeline") and
+                    message.endswith("pipeline aborted"))
+
+
+def _pool(uri: str) -> _Pool:
+    # keyed by pid: a forked child must never share its parent's sockets
+    key = (os.getpid(), uri)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            logger = logging.getLogger("psycopg.pool")
+            if not any(isinstance(f, _OurPoolNoise) for f in logger.filters):
+                logger.addFilter(_OurPoolNoise())
+            quiet_aborted_pipelines()
+            pool = _pools[key] = _Pool(to_conninfo(uri))
+        return pool
+
+
+@contextlib.contextmanager
+def connection(uri: str, what: str = "use the model database") -> Iterator[psycopg.Connection]:
+    """A pooled autocommit connection to the database of a ``pgmodels://`` URI.
+
+    Use ``with conn.transaction():`` for anything that must be atomic. Errors come out as
+    MlflowExceptions (see :func:`translate_errors`).
+    """
+    with translate_errors(what, uri):
+        pool = _pool(uri)
+        conn = pool.get(what, uri)
+        try:
+            yield conn
+            if os.environ.get(READ_URI_ENV):
+                _remember(uri, _position(conn))
+        finally:
+            pool.put(conn)
+
+
+@contextlib.contextmanager
+def batched_transaction(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction on the autocommit connection ``conn`` whose statements go out in psycopg's
+    pipeline mode: the client waits for the server only where it reads a result, and BEGIN and
+    COMMIT share a round trip with the statements around them (``conn.transaction()`` waits for
+    each). Rolled back if the block raises. No COPY inside (the pipeline mode does not allow it).
+    """
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def read_connection(uri: str, what: str = "read the model database") -> Iterator[psycopg.Connection]:
+    """A connection for reads: to ``MLFLOW_PGMODELS_READ_URI`` (a hot standby) when that is set,
+    reachable and has replayed all this process has written or read, else to ``uri`` (the primary).
+
+    Read-your-writes and monotonic reads within a process: the standby is used only once it has
+    replayed up to the highest WAL position this process saw for ``uri``, waiting at most
+    ``MLFLOW_PGMODELS_READ_WAIT`` seconds for it.
+    """
+    read_uri = os.environ.get(READ_URI_ENV, "").strip()
+    if read_uri and read_uri != uri:
+        pool = _pool(read_uri)
+        conn = _caught_up(pool, what, read_uri, _seen.get(uri, 0))
+        if conn is not None:
+            with translate_errors(what, read_uri):
+                try:
+                    yield conn
+                    _remember(uri, _position(conn))
+                finally:
+                    pool.put(conn)
+            return
+    with connection(uri, what) as conn:
+        yield conn
+
+
+_seen: dict[str, int] = {}  # store URI -> the highest WAL position this process wrote or read there
+_seen_lock = threading.Lock()
+
+
+def catch_up(uri: str) -> None:
+    """Make this process's later reads of ``uri`` see all the primary has committed by now, other
+    clients' commits included: a standby serves them only once it has replayed that far (see
+    :func:`read_connection`)."""
+    if os.environ.get(READ_URI_ENV):
+        with connection(uri, "read the primary's WAL position"):
+            pass  # connection() remembers the position it saw
+
+
+def _position(conn: psycopg.Connection) -> int:
+    """The WAL position of what ``conn`` sees: replayed on a standby, written on a primary."""
+    lsn = conn.execute("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                       " ELSE pg_current_wal_insert_lsn() END").fetchone()[0]
+    high, _, low = (lsn or "0/0").partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _remember(uri: str, position: int) -> None:
+    with _seen_lock:
+        _seen[uri] = max(_seen.get(uri, 0), position)
+
+
+# read URI -> until when it is not tried again (it could not be reached), or None while it lags
+# (then a read checks it without waiting, so that a standby far behind costs one round trip, not the wait)
+_standby_skip: dict[str, float | None] = {}
+_STANDBY_RETRY = 5.0  # seconds before an unreachable read URI is tried again
+
+
+def _caught_up(pool: _Pool, what: str, read_uri: str, position: int) -> psycopg.Connection | None:
+    """A connection of ``pool`` whose server has reached ``position``; None if it is unreachable or behind."""
+    skip = _standby_skip.get(read_uri, 0.0)
+    if skip and time.monotonic() < skip:
+        return None
+    try:
+        conn = pool.get(what, read_uri)
+    except (psycopg.Error, MlflowException):
+        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
+        return None
+    try:
+        wait = 0.0 if read_uri in _standby_skip and skip is None else \
+            positive_number(READ_WAIT_ENV, DEFAULT_READ_WAIT, float)
+        if _replayed(conn, position, wait):
+            _standby_skip.pop(read_uri, None)
+            return conn
+        _standby_skip[read_uri] = None
+    except psycopg.Error:
+        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
+    pool.put(conn)
+    return None
+
+
+def _replayed(conn: psycopg.Connection, position: int, wait: float) -> bool:
+    """Whether ``conn``'s server reaches ``position`` within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while _position(conn) < position:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@contextlib.contextmanager
+def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
+    """Turn psycopg errors into MlflowExceptions with MLflow error codes and no secrets."""
+    try:
+        yield
+    except MlflowException:
+        raise
+    except pg_errors.InsufficientPrivilege as e:
+        if e.diag.message_primary and e.diag.message_primary.startswith(GOVERNANCE_PREFIX):
+            # a rule of sql/pgmodels_governance.sql: its message names the rule and the role it needs
+            raise MlflowException(
+                f"Permission denied: {redact(e.diag.message_primary.removeprefix(GOVERNANCE_PREFIX))}. "
+                "Nothing was changed (see docs/governance.md).",
+                error_code=PERMISSION_DENIED,
+            ) from None
+        raise MlflowException(
+            f"Permission denied: the database role cannot {what} ({_clean(e)}). "
+            "Connect with a role that has the rights for it (see sql/roles.sql).",
+            error_code=PERMISSION_DENIED,
+        ) from None
+    except pg_errors.UniqueViolation as e:
+        raise MlflowException(f"Cannot {what}: it already exists ({_clean(e)})",
+                              error_code=RESOURCE_ALREADY_EXISTS) from None
+    except (pg_errors.DataError, pg_errors.IntegrityError, psycopg.DataError) as e:
+        raise MlflowException(f"Cannot {what}: invalid value ({_clean(e)})",
+                              error_code=INVALID_PARAMETER_VALUE) from None
+    except pg_errors.ReadOnlySqlTransaction as e:
+        # a standby, or a primary being demoted: during a failover, until the URI reaches the new primary
+        raise MlflowException(
+            f"Cannot {what}: the database server is read-only now ({_clean(e)}): a standby, or a failover "
+            "is under way. Writes need the primary: list it in the URI with target_session_attrs=read-write "
+            "(pgmodels://host1,host2/db?target_session_attrs=read-write); the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        ) from None
+    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
+        # (class 40, not subclasses of TransactionRollback in psycopg.) MLflow's own store says
+        # TEMPORARILY_UNAVAILABLE with "deadlock" in the message, and retries on exactly that.
+        raise MlflowException(
+            f"Cannot {what}: the change collided with a concurrent change of the same data "
+            f"(deadlock or serialization failure: {_clean(e)}) and was rolled back; nothing was "
+            "changed and the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        ) from None
+    except pg_errors.ProgramLimitExceeded as e:
+        # an OperationalError in psycopg's classes, but about the value, not the connection
+        raise MlflowException(f"Cannot {what}: a value is too large for the database ({_clean(e)})",
+                              error_code=INVALID_PARAMETER_VALUE) from None
+    except psycopg.OperationalError as e:
+        where = f" at {redact(uri)}" if uri else ""
+        raise MlflowException(
+            f"Cannot {what}: the model database{where} is not reachable or the connection was "
+            f"lost ({_clean(e)}). Check that PostgreSQL is running and the URI is right; "
+            "the call can be retried.",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        ) from None
+    except psycopg.Error as e:
+        raise MlflowException(f"Cannot {what}: database error ({_clean(e)})",
+                              error_code=INTERNAL_ERROR) from None
+
+
+def _clean(exc: BaseException) -> str:
+    return redact(" ".join(str(exc).split()))
