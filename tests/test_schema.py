@@ -232,7 +232,7 @@ def test_the_wheel_ships_the_sql_files_and_finds_them(tmp_path):
     assert {f"mlflow_pgmodels/sql/{p.name}" for p in (ROOT / "sql").glob("*.sql")} == shipped
 
     found = subprocess.run(
-        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from mlflow_pgmodels import schema;"
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from mlflow_pgmodels._pg import schema;"
          " print(schema.sql_dir()); print(len(schema.read_sql('create-tables.sql')))", str(tmp_path / "site")],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
