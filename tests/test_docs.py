@@ -276,3 +276,23 @@ def test_the_versions_the_docs_state_are_pyproject_s():
             f"{_rel(page)} does not state pyproject.toml's MLflow floor {mlflow_floor}"
         assert f"Python ≥ {python_floor}" in text or f"| Python | ≥ {python_floor}" in text, \
             f"{_rel(page)} does not state pyproject.toml's Python floor {python_floor}"
+
+
+PACKAGE_FILE = re.compile(r"(?<![\w/.-])((?:mlflow_pgmodels/)?(?:_[a-z]+/)?[a-z_]+\.py|(?:mlflow_pgmodels/)?_[a-z]+/)(?![\w/])")
+OTHER_PY = {"conftest.py", "setup.py", "test_sqlalchemy_store.py"}  # the last is MLflow's own
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_every_module_the_docs_name_exists(page):
+    """A module named in code spans (`_pg/schema.py`, `helpers.py`, `_mlflow/`; in the map's layer
+    rows relative to their layer) is a file of the package, a test, a benchmark or an example:
+    moving or renaming a module means updating the docs that point at it."""
+    places = [ROOT / "mlflow_pgmodels", ROOT / "tests", ROOT / "benchmarks", ROOT / "examples", ROOT / "docs", ROOT]
+    missing = set()
+    for span in CODE_SPAN.finditer(page.read_text()):
+        for name in PACKAGE_FILE.findall(span.group(2)):
+            relative = name.removeprefix("mlflow_pgmodels/")
+            in_a_layer = any((ROOT / "mlflow_pgmodels").glob(f"_*/{relative}"))
+            if name not in OTHER_PY and not in_a_layer and not any((place / relative).exists() for place in places):
+                missing.add(name)
+    assert missing == set()
