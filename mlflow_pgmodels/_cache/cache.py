@@ -23,7 +23,7 @@ size and ``mtime_ns``; it is checked (a stat walk, no hashing) every time an ent
 entry that was changed, added to or shortened is discarded and fetched again. Two things are
 exempt: ``registered_model_meta`` (MLflow rewrites it on every ``models:/`` load; it is kept at the
 content MLflow writes) and ``__pycache__`` directories (Python's own, when a model's code paths are
-imported from the entry). Downloads to a ``dst_path`` are copies (artifact_repo.py).
+imported from the entry). Downloads to a ``dst_path`` are copies (version_artifact_repo.py).
 
 **In use.** A process that is handed an entry's path in place (a load or download without
 ``dst_path``) pins the entry for the rest of its life; copying or listing an entry pins it only
