@@ -11,6 +11,7 @@ import sys
 
 from mlflow.exceptions import MlflowException
 
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.uri import URI_HELP, redact, resolve_uri
 
 def _db(args: argparse.Namespace) -> int:
@@ -148,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow_pgmodels import _mlflow
 
     args = build_parser().parse_args(argv)
+    debug = False
     try:
+        debug = _settings.DEBUG.get()  # inside: a bad value is one error line too
         _mlflow.require()
         return args.func(args)
     except Exception as e:
-        if os.environ.get("MLFLOW_PGMODELS_DEBUG", "") not in ("", "0"):
+        if debug:
             raise
         message = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
         # the URIs of this command, whose passwords the message may quote in any form

@@ -1,5 +1,5 @@
 """README.md and docs/ stay true: links stay inside the repository, every `mlflow-pgmodels` command
-shown matches the real CLI's --help, code blocks compile, the settings table names what the code reads.
+shown matches the real CLI's --help, code blocks compile, the settings table is the declarations of _settings.py.
 
 No database needed: one subprocess asks the CLI for the --help of every subcommand.
 """
@@ -244,26 +244,44 @@ def test_the_first_commands_are_the_quickstart_and_the_ci_test_command():
 
 
 # ---------------------------------------------------------------------------- settings
+def _declared() -> list[str]:
+    from mlflow_pgmodels import _settings
+
+    return [setting.name for setting in _settings.ALL]
+
+
 def _read_by_the_code() -> set[str]:
     return {name for path in (ROOT / "mlflow_pgmodels").rglob("*.py") for name in SETTING.findall(path.read_text())}
 
 
-def test_the_settings_table_lists_what_the_code_reads():
+def test_the_settings_table_is_the_declarations():
+    """README's table is ``_settings.markdown_table()``: every declared setting, in declaration
+    order, with its default and doc; nothing else."""
+    from mlflow_pgmodels import _settings
+
     text = README.read_text()
     section = text[text.index("\n## Settings"):]
     section = section[:section.find("\n## ", 1) if "\n## " in section[1:] else None]
-    table = {SETTING.search(row).group(0) for row in section.splitlines()
-             if row.startswith("| `MLFLOW_PGMODELS_") and SETTING.search(row)}
-    code = _read_by_the_code()
-    assert table == code, f"in the table, not read by the code: {sorted(table - code)}; " \
-                          f"read by the code, not in the table: {sorted(code - table)}"
+    table = [row for row in section.splitlines() if row.startswith("|")]
+    expected = _settings.markdown_table().splitlines()
+    assert [row.split(" | ")[0] for row in expected[2:]] == [f"| `{name}`" for name in _declared()]
+    assert table == expected, (
+        "README's settings table is not the declarations of mlflow_pgmodels/_settings.py; replace it with "
+        "the output of `python -m mlflow_pgmodels._settings`. Differing rows: "
+        f"{sorted(set(table) ^ set(expected))}")
+
+
+def test_the_code_names_only_declared_settings():
+    declared, code = set(_declared()), _read_by_the_code()
+    assert code == declared, f"named by the code, not declared: {sorted(code - declared)}; " \
+                             f"declared, never named: {sorted(declared - code)}"
 
 
 def test_every_setting_the_docs_name_exists():
-    code = _read_by_the_code()
+    declared = set(_declared())
     for page in PAGES:
-        unknown = set(SETTING.findall(page.read_text())) - code
-        assert not unknown, f"{_rel(page)} names settings the code does not read: {sorted(unknown)}"
+        unknown = set(SETTING.findall(page.read_text())) - declared
+        assert not unknown, f"{_rel(page)} names settings _settings.py does not declare: {sorted(unknown)}"
 
 
 def test_the_versions_the_docs_state_are_pyproject_s():

@@ -47,10 +47,10 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._cache import locks
 from mlflow_pgmodels._cache import pins
 
-DEFAULT_MAX_BYTES = 10 * 1024**3
 MODEL, ARCHIVE = "model", "archive"  # kinds of entry: a version's files; its archive as stored
 MANIFEST = ".pgmodels-manifest.json"
 META = "registered_model_meta"  # what MLflow's models:/ repository (re)writes on every load
@@ -60,7 +60,7 @@ _SLUG_CHARS = re.compile(r"[^A-Za-z0-9_]+")
 
 def root() -> str:
     """The cache directory (created on demand)."""
-    path = os.environ.get("MLFLOW_PGMODELS_CACHE_DIR")
+    path = _settings.CACHE_DIR.get()
     if not path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         path = os.path.join(base, "mlflow-pgmodels")
@@ -69,7 +69,7 @@ def root() -> str:
 
 
 def max_bytes() -> int:
-    return int(os.environ.get("MLFLOW_PGMODELS_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
+    return _settings.CACHE_MAX_BYTES.get()
 
 
 def entry_name(name: str, version: int, key: str, kind: str = MODEL) -> str:

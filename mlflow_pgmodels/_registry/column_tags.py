@@ -10,8 +10,10 @@ from __future__ import annotations
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 
-DEFAULT_EVENT = "default"
-DEFAULT_MODEL_TYPE = "unspecified"
+from mlflow_pgmodels._pg.schema import SEED_COLUMN_DEFAULTS
+
+DEFAULT_EVENT = SEED_COLUMN_DEFAULTS["event"]
+DEFAULT_MODEL_TYPE = SEED_COLUMN_DEFAULTS["model_type"]
 # tag key -> (default value, the column's VARCHAR limit)
 COLUMNS = {"event": (DEFAULT_EVENT, 255), "model_type": (DEFAULT_MODEL_TYPE, 50)}
 

@@ -16,7 +16,7 @@ from typing import IO
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE
 
-from mlflow_pgmodels._settings import positive_number
+from mlflow_pgmodels import _settings
 
 ZIP_MAGIC = b"PK\x03\x04"
 # Below this a file is deflated (MLmodel, yaml, json, small pickles); above it the cost of
@@ -93,9 +93,9 @@ def destination(root: str, name: str, what: str) -> str:
     return dest
 
 
-MAX_UNPACKED_BYTES_ENV = "MLFLOW_PGMODELS_MAX_UNPACKED_BYTES"
-MAX_ENTRIES_ENV = "MLFLOW_PGMODELS_MAX_ENTRIES"
-MAX_RATIO_ENV = "MLFLOW_PGMODELS_MAX_RATIO"
+MAX_UNPACKED_BYTES_ENV = _settings.MAX_UNPACKED_BYTES.name
+MAX_ENTRIES_ENV = _settings.MAX_ENTRIES.name
+MAX_RATIO_ENV = _settings.MAX_RATIO.name
 # The ratio is only checked past this size: small, very regular files (an all-zero array, a
 # repetitive text file) legitimately compress by up to deflate's maximum (~1030x).
 RATIO_CHECKED_ABOVE = 16 * 1024 * 1024
@@ -112,16 +112,14 @@ _DIRECTORY_BYTES_PER_ENTRY = 256
 class Limits:
     """How far one version's zip may unpack; from the environment (see :meth:`from_env`)."""
 
-    unpacked_bytes: int = 10 * 1024**3
-    entries: int = 100_000
-    ratio: int = 200
+    unpacked_bytes: int = _settings.MAX_UNPACKED_BYTES.default
+    entries: int = _settings.MAX_ENTRIES.default
+    ratio: int = _settings.MAX_RATIO.default
 
     @classmethod
     def from_env(cls) -> Limits:
         """The limits set by ``MLFLOW_PGMODELS_MAX_UNPACKED_BYTES``, ``_MAX_ENTRIES`` and ``_MAX_RATIO``."""
-        return cls(*(positive_number(env, default) for env, default in (
-            (MAX_UNPACKED_BYTES_ENV, cls.unpacked_bytes), (MAX_ENTRIES_ENV, cls.entries),
-            (MAX_RATIO_ENV, cls.ratio))))
+        return cls(_settings.MAX_UNPACKED_BYTES.get(), _settings.MAX_ENTRIES.get(), _settings.MAX_RATIO.get())
 
 
 class _Budget:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import queue
 import struct
 import threading
@@ -18,6 +17,8 @@ from typing import IO, Any
 import psycopg
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+from mlflow_pgmodels import _settings
 
 SLICE = 8 * 1024 * 1024
 # Measured: 2-4 MiB substring reads are faster than one whole-value fetch (no huge buffers).
@@ -190,7 +191,7 @@ class _NoBar:
 
 def progress_bar(desc: str | None, total: int):
     """A tqdm bar on stderr that shows up only once a transfer has taken more than 2 seconds."""
-    if desc is None or os.environ.get("MLFLOW_PGMODELS_PROGRESS", "1") == "0":
+    if desc is None or not _settings.PROGRESS.get():
         return _NoBar()
     from tqdm.auto import tqdm
 
