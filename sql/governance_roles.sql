@@ -16,15 +16,8 @@
 -- All are group roles (NOLOGIN). Map a team's existing roles onto them with GRANT, e.g.
 --   GRANT pgmodels_release_manager TO ml_leads;      -- an existing group role
 --   CREATE ROLE alice LOGIN PASSWORD '...' IN ROLE pgmodels_writer;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgmodels_release_manager') THEN
-        CREATE ROLE pgmodels_release_manager NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgmodels_owner') THEN
-        CREATE ROLE pgmodels_owner NOLOGIN;
-    END IF;
-END $$;
+SELECT format('CREATE ROLE %I NOLOGIN', r) FROM unnest(ARRAY['pgmodels_release_manager', 'pgmodels_owner']) r
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
 GRANT pgmodels_writer TO pgmodels_release_manager;
 GRANT pgmodels_release_manager TO pgmodels_owner;
 

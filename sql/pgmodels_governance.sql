@@ -395,22 +395,11 @@ $$ LANGUAGE plpgsql;
 -- guards that must see who is writing (current_user: the owner in cascades and in the triggers
 -- here) run as the caller. All with a pinned search_path (no one else's objects can stand in for
 -- ours; the helpers run inside them, under that path: a SET of their own would keep the SQL ones
--- from being inlined). No one calls them directly: EXECUTE is revoked from PUBLIC.
-DO $$
-DECLARE
-    f TEXT;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
-                             'pgm_governance_approve()', 'pgm_governance_approved()', 'pgm_governance_audit()'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
-                       f, current_schema());
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-    FOREACH f IN ARRAY ARRAY['pgm_governance_owner_only()', 'pgm_governance_approval_tag()'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema());
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END $$;
+-- from being inlined). No one calls them directly: EXECUTE is revoked from PUBLIC
+-- (pgm_pin_functions, sql/pgmodels_history.sql).
+CALL pgm_pin_functions(ARRAY['pgm_governance_models()', 'pgm_governance_aliases()', 'pgm_governance_names()',
+                             'pgm_governance_approve()', 'pgm_governance_approved()', 'pgm_governance_audit()'], true);
+CALL pgm_pin_functions(ARRAY['pgm_governance_owner_only()', 'pgm_governance_approval_tag()'], false);
 
 -- Inserts of a registration in progress (version <= 0: the store's upload, up to 1 GB in the row)
 -- do not call the function: a PL/pgSQL trigger copies the row it returns. They are checked when

@@ -30,6 +30,22 @@ CREATE INDEX IF NOT EXISTS pgm_history_created_idx ON pgm_history (txid, name, v
 CREATE INDEX IF NOT EXISTS pgm_history_renames_idx ON pgm_history ((old ->> 'name'), (new ->> 'name'))
     WHERE action = 'registered_model_renamed';
 
+-- For the files that create the store's functions (this one, sql/pgmodels_governance.sql):
+-- pin the search_path of each of p_functions (signatures), so that no one else's objects can
+-- stand in for the ones they use; run each as its owner (p_definer) or as its caller; and let no
+-- one else call them directly (EXECUTE revoked from PUBLIC).
+CREATE OR REPLACE PROCEDURE pgm_pin_functions(p_functions TEXT[], p_definer BOOLEAN) AS $$
+DECLARE
+    f TEXT;
+BEGIN
+    FOREACH f IN ARRAY p_functions LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY %s SET search_path = pg_catalog, %I, pg_temp',
+                       f, CASE WHEN p_definer THEN 'DEFINER' ELSE 'INVOKER' END, current_schema());
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$ LANGUAGE plpgsql;
+
 -- One history row, and its announcement.
 CREATE OR REPLACE FUNCTION pgm_history_record(p_name TEXT, p_version INTEGER, p_action TEXT,
                                               p_old JSONB, p_new JSONB) RETURNS void AS $$
@@ -233,24 +249,11 @@ $$ LANGUAGE plpgsql;
 -- (SECURITY DEFINER; PostgreSQL calls a trigger function only from its trigger). The recording
 -- functions they call run as their caller, the owner inside a trigger, and no one else may
 -- call them (sql/pgmodels_privileges.sql): a row of history is only ever written by the change
--- it records. Every search_path is pinned so that no one else's objects can stand in for the
--- ones used here.
-DO $$
-DECLARE
-    f TEXT;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['pgm_history_models()', 'pgm_history_registered_models()', 'pgm_history_tags()',
-                             'pgm_history_aliases()'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
-                       f, current_schema());
-    END LOOP;
-    FOREACH f IN ARRAY ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
-                             'pgm_history_version_tags(text,integer[])'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY INVOKER SET search_path = pg_catalog, %I, pg_temp',
-                       f, current_schema());
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END $$;
+-- it records. Every search_path is pinned (pgm_pin_functions).
+CALL pgm_pin_functions(ARRAY['pgm_history_models()', 'pgm_history_registered_models()', 'pgm_history_tags()',
+                             'pgm_history_aliases()'], true);
+CALL pgm_pin_functions(ARRAY['pgm_history_record(text,integer,text,jsonb,jsonb)',
+                             'pgm_history_version_tags(text,integer[])'], false);
 
 DROP TRIGGER IF EXISTS pgm_history ON models;
 CREATE TRIGGER pgm_history

@@ -20,11 +20,11 @@ BEGIN
              WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'pgm\_%'
                AND p.proname NOT IN ('pgm_model_history', 'pgm_orphan_blob_count', 'pgm_sweep_orphan_blobs',
                                    'pgm_lock_artifact_path') LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);  -- ROUTINE: procedures too
         FOR grantee IN SELECT DISTINCT a.grantee::regrole::text
                        FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a
                        WHERE p.oid = f AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', f, grantee);
+            EXECUTE format('REVOKE ALL ON ROUTINE %s FROM %s', f, grantee);
         END LOOP;
     END LOOP;
 END $$;
@@ -33,37 +33,31 @@ END $$;
 -- for the owner and writers (mlflow server, the dispatcher) only. Versions before 5 let
 -- sql/roles.sql grant pgmodels_reader every table: an upgrade takes these back at once; re-run
 -- sql/roles.sql to narrow the reader to what it needs (docs/roles.md).
+-- The reader's pgmodels tables (the list sql/roles.sql gives it) are granted again by every
+-- upgrade, so that a table an upgrade creates (a seed-era database upgraded after sql/roles.sql
+-- ran, or a table a later schema version adds) is readable by predict jobs without re-running
+-- roles.sql.
 DO $$
 DECLARE
-    t TEXT;
+    hidden CONSTANT TEXT[] := ARRAY['pgm_webhooks', 'pgm_webhook_events', 'pgm_webhook_deliveries',
+                                    'webhooks', 'webhook_events', 'secrets'];
+    readable CONSTANT TEXT[] := ARRAY['models', 'pgm_registered_models', 'pgm_registered_model_tags',
+                                      'pgm_model_version_tags', 'pgm_aliases', 'pgm_version_files', 'pgm_artifacts',
+                                      'pgm_blobs', 'pgm_blob_pieces', 'pgm_history', 'pgm_schema_info'];
+    reader CONSTANT BOOLEAN := EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgmodels_reader');
+    t RECORD;
 BEGIN
-    FOR t IN SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+    FOR t IN SELECT c.oid::regclass::text AS name, c.relname = ANY (hidden) AS is_hidden
+             FROM pg_catalog.pg_class c
              WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
-               AND c.relname IN ('pgm_webhooks', 'pgm_webhook_events', 'pgm_webhook_deliveries',
-                                 'webhooks', 'webhook_events', 'secrets') LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgmodels_reader') THEN
-            EXECUTE format('REVOKE ALL ON %s FROM pgmodels_reader', t);
+               AND c.relname = ANY (hidden || readable) LOOP
+        IF t.is_hidden THEN
+            EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t.name);
         END IF;
-    END LOOP;
-END $$;
-
--- The reader's pgmodels tables (the list sql/roles.sql gives it): granted again by every upgrade,
--- so that a table an upgrade creates (a seed-era database upgraded after sql/roles.sql ran, or a
--- table a later schema version adds) is readable by predict jobs without re-running roles.sql.
-DO $$
-DECLARE
-    t TEXT;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgmodels_reader') THEN
-        RETURN;
-    END IF;
-    FOR t IN SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
-             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
-               AND c.relname IN ('models', 'pgm_registered_models', 'pgm_registered_model_tags',
-                                 'pgm_model_version_tags', 'pgm_aliases', 'pgm_version_files', 'pgm_artifacts',
-                                 'pgm_blobs', 'pgm_blob_pieces', 'pgm_history', 'pgm_schema_info') LOOP
-        EXECUTE format('GRANT SELECT ON %s TO pgmodels_reader', t);
+        IF reader THEN
+            EXECUTE format(CASE WHEN t.is_hidden THEN 'REVOKE ALL ON %s FROM pgmodels_reader'
+                                ELSE 'GRANT SELECT ON %s TO pgmodels_reader' END, t.name);
+        END IF;
     END LOOP;
 END $$;
 

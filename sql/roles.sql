@@ -17,15 +17,8 @@
 -- group of your own), not to these groups. docs/roles.md has the table of who reads what.
 
 -- ------------------------------------------------------------------ the groups, and connecting
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgmodels_reader') THEN
-        CREATE ROLE pgmodels_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgmodels_writer') THEN
-        CREATE ROLE pgmodels_writer NOLOGIN;
-    END IF;
-END $$;
+SELECT format('CREATE ROLE %I NOLOGIN', r) FROM unnest(ARRAY['pgmodels_reader', 'pgmodels_writer']) r
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
 
 -- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it (needs the
 -- database's owner: a table owner who is not gets a notice instead of an error).

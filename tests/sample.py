@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -36,3 +38,17 @@ def saved(path, model=None) -> str:
     mlflow.sklearn.save_model(model if model is not None else classifier(), str(path),
                               pip_requirements=["scikit-learn"])
     return str(path)
+
+
+def register(client, tmp_path, name: str = "churn", model=None, registered_description: str | None = None,
+             **kwargs):
+    """A new version of ``name`` from ``model`` (default: a classifier) saved under ``tmp_path``;
+    returns the ModelVersion.
+
+    ``client`` is an MlflowClient or a registry store. The registered model is created on first use
+    (with ``registered_description``); ``kwargs`` go to ``create_model_version``.
+    """
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name, description=registered_description)
+    source = saved(tmp_path / f"{name}-{time.monotonic_ns()}", model)
+    return client.create_model_version(name, source, **kwargs)

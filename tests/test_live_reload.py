@@ -41,13 +41,7 @@ def _slope(live: LiveModel) -> float:
 
 
 def _register(client: MlflowClient | PgModelsRegistryStore, tmp_path, name: str, slope: float) -> int:
-    source = str(tmp_path / f"{name}-{slope}")
-    import mlflow
-
-    mlflow.sklearn.save_model(sample.regressor(slope), source, pip_requirements=["scikit-learn"])
-    if not client.search_registered_models(f"name = '{name}'"):  # store and client alike
-        client.create_registered_model(name)
-    return int(client.create_model_version(name, source).version)
+    return int(sample.register(client, tmp_path, name, sample.regressor(slope)).version)
 
 
 def test_an_alias_move_is_served(client, db, tmp_path):
@@ -162,7 +156,6 @@ def test_a_database_restart_loses_no_change(tmp_path):
 
 @pytest.mark.slow  # a child process that imports MLflow and fills the sample data: ~20 s
 def test_the_serving_example_follows_a_new_registration(client, db, tmp_path):
-    import mlflow
     import pandas as pd
     from sklearn.dummy import DummyRegressor
 
@@ -170,12 +163,9 @@ def test_the_serving_example_follows_a_new_registration(client, db, tmp_path):
     X = pd.DataFrame(sample.X[:, [0, 1, 2, 0, 1]], columns=features)
 
     def register(constant: float) -> None:
-        path = str(tmp_path / f"dummy-{constant}")
         model = DummyRegressor(strategy="constant", constant=constant).fit(X, sample.X[:, 0])
-        mlflow.sklearn.save_model(model, path, pip_requirements=["scikit-learn"])
-        client.create_model_version("cpi_regression", path)
+        sample.register(client, tmp_path, "cpi_regression", model)
 
-    client.create_registered_model("cpi_regression")
     register(1.0)
     env = {**os.environ, "MLFLOW_TRACKING_URI": db.uri}
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "serve_live.py"), "--every", "0.1"],

@@ -25,7 +25,9 @@ def test_pyfunc_and_sklearn_loads_predict_like_the_logged_model(client):
     assert mlflow.sklearn.load_model("models:/churn/latest").predict_proba(sample.X[:8]) == pytest.approx(expected)
     pyfunc = mlflow.pyfunc.load_model(f"models:/churn/{info.registered_model_version}")
     assert list(pyfunc.predict(sample.X[:8])) == list(model.predict(sample.X[:8]))
-    assert pyfunc.metadata.get_input_schema() is not None  # input_example survived the round trip
+    # the signature inferred from input_example survived the round trip
+    schema = pyfunc.metadata.get_input_schema()
+    assert schema == info.signature.inputs and repr(schema) == "[Tensor('float64', (-1, 3))]"
 
 
 def test_mlflow_models_predict_cli_reads_latest_from_the_database(client, db, tmp_path):

@@ -204,13 +204,13 @@ def test_webhooks_are_delivered_through_pgbouncer_without_listen(db, bouncer, we
                                                                  caplog):
     # LISTEN cannot work through a transaction pooler: the dispatcher says so once and its
     # workers deliver on their periodic wake-ups instead
-    from tests.test_webhooks import MV_CREATED, SECRET, register, signed
+    from tests.test_webhooks import MV_CREATED, SECRET, signed
 
     client = MlflowClient(tracking_uri=bouncer.uri(db.name))
     client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
     dispatcher = Dispatcher(bouncer.uri(db.name)).start()
     try:
-        register(client, tmp_path)
+        sample.register(client, tmp_path)
         events = receiver.wait_for(1)
     finally:
         dispatcher.stop()

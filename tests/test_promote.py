@@ -35,12 +35,9 @@ def target(pg):
 
 
 def _register(db, tmp_path, name: str = "churn", slope: float = 3.0, **kwargs):
-    client = MlflowClient(tracking_uri=db.uri, registry_uri=db.uri)
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name, description="churn model")
-    path = sample.saved(tmp_path / f"{name}-{slope}-{len(client.search_model_versions(f'name = {name!r}'))}",
-                        sample.regressor(slope))
-    return client.create_model_version(name, path, **kwargs)
+    """A version of a regression of ``slope`` in ``db`` (the registered model described "churn model")."""
+    return sample.register(MlflowClient(tracking_uri=db.uri, registry_uri=db.uri), tmp_path, name,
+                           sample.regressor(slope), registered_description="churn model", **kwargs)
 
 
 def _predict(uri: str, model_uri: str) -> np.ndarray:

@@ -49,13 +49,18 @@ def test_register_model_from_a_run_uri(client):
     mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", "churn")
     assert mv.version == 1
     assert client.get_model_version("churn", 1).run_id == run.info.run_id
-    assert mlflow.pyfunc.load_model("models:/churn/1").predict(sample.X[:2]) is not None
+    predictions = mlflow.pyfunc.load_model("models:/churn/1").predict(sample.X)
+    assert list(predictions) == list(sample.classifier().predict(sample.X))
 
 
-def test_registering_under_an_unknown_name_fails_cleanly(client, db):
+def test_registering_under_an_unknown_name_fails_cleanly(client, db, tmp_path):
     with pytest.raises(MlflowException) as e:
         client.create_model_version("nope", "models:/m-doesnotexist", run_id=None)
-    assert e.value.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    # with a source that exists, the unknown name is what is refused (docs/design.md §6)
+    with pytest.raises(MlflowException) as e:
+        client.create_model_version("nope", sample.saved(tmp_path / "model"))
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST" and "nope" in e.value.message
     assert db.sql("SELECT count(*) FROM models") == [(0,)]
 
 

@@ -107,12 +107,6 @@ def receiver():
     r.server.shutdown()
 
 
-def register(client, tmp_path, name: str = "churn", **kwargs):
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    return client.create_model_version(name, sample.saved(tmp_path / f"m{time.monotonic_ns()}"), **kwargs)
-
-
 def deliveries(db) -> list[tuple]:
     return db.sql("SELECT event, status, attempts, status_code, delivered_at IS NOT NULL "
                   "FROM pgm_webhook_deliveries ORDER BY id")
@@ -167,7 +161,7 @@ def test_version_registered_by_a_direct_client_reaches_the_receiver_signed_once(
     client.create_webhook("ci", receiver.url, events=[MV_CREATED, RM_CREATED], secret=SECRET)
     dispatcher = Dispatcher(db.uri).start()
     try:
-        register(client, tmp_path, tags={"team": "risk"}, description="first")
+        sample.register(client, tmp_path, tags={"team": "risk"}, description="first")
         events = receiver.wait_for(2)
     finally:
         dispatcher.stop()
@@ -188,7 +182,7 @@ def test_version_registered_by_a_direct_client_reaches_the_receiver_signed_once(
 def test_plain_sql_changes_reach_the_receiver(client, db, webhook_env, receiver, tmp_path):
     from mlflow_pgmodels.cli import main
 
-    register(client, tmp_path)
+    sample.register(client, tmp_path)
     tag_set = WebhookEvent(WebhookEntity.MODEL_VERSION_TAG, WebhookAction.SET)
     hook = client.create_webhook("audit", receiver.url, events=[tag_set], secret=SECRET)
     assert main(["webhooks", "all-changes", hook.webhook_id, "on", "--uri", db.uri]) == 0
@@ -223,7 +217,7 @@ def test_receiver_down_for_a_while_gets_the_event_when_it_returns(client, db, we
     receiver.answer = 503
     dispatcher = Dispatcher(db.uri).start()
     try:
-        register(client, tmp_path)
+        sample.register(client, tmp_path)
         _, status, error = attempts_reach(2)  # answering 503
         assert (status, error.split(":")[0]) == ("pending", "HTTP 503")
         receiver.go_down()
@@ -243,7 +237,7 @@ def test_receiver_down_for_a_while_gets_the_event_when_it_returns(client, db, we
 
 
 def test_two_dispatchers_deliver_each_event_once(client, db, webhook_env, receiver, tmp_path):
-    register(client, tmp_path)
+    sample.register(client, tmp_path)
     client.create_webhook("ci", receiver.url, events=[WebhookEvent(WebhookEntity.MODEL_VERSION_TAG,
                                                                    WebhookAction.SET)], secret=SECRET)
     for i in range(12):
@@ -270,9 +264,9 @@ def test_a_hanging_receiver_does_not_hold_up_registrations(client, db, webhook_e
     receiver.hang.set()
     dispatcher = Dispatcher(db.uri).start()
     try:
-        register(client, tmp_path)
+        sample.register(client, tmp_path)
         assert receiver.in_flight.wait(PATIENCE)  # version 1's delivery is now stuck in the receiver
-        register(client, tmp_path)  # returns although the receiver has not answered
+        sample.register(client, tmp_path)  # returns although the receiver has not answered
         assert not receiver.release.is_set() and receiver.received == []
         assert int(client.get_model_version("churn", "2").version) == 2
         receiver.release.set()
@@ -332,14 +326,14 @@ def test_a_trickling_receiver_delays_no_other_receiver_and_holds_no_transaction(
     client.create_webhook("slow", slow.url, events=[MV_CREATED], secret=SECRET)
     client.create_webhook("healthy", receiver.url, events=[MV_CREATED], secret=SECRET)
     for _ in range(4):  # as many slow deliveries as the dispatcher has workers (default 4)
-        register(client, tmp_path)
+        sample.register(client, tmp_path)
     dispatcher = Dispatcher(db.uri).start()
     try:
         deadline = time.monotonic() + PATIENCE
         while slow.requests == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert slow.requests >= 1
-        register(client, tmp_path)  # a new delivery for each receiver while a slow one is in flight
+        sample.register(client, tmp_path)  # a new delivery for each receiver while a slow one is in flight
         events = receiver.wait_for(5)
         assert sorted(int(e["data"]["version"]) for e in events) == [1, 2, 3, 4, 5]
 
@@ -369,7 +363,7 @@ def test_a_trickling_receiver_delays_no_other_receiver_and_holds_no_transaction(
 def test_a_delivery_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expires(client, db, webhook_env,
                                                                                     receiver, tmp_path):
     client.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
-    register(client, tmp_path)
+    sample.register(client, tmp_path)
     # a dispatcher claimed it (attempt 1) and died before recording anything
     db.sql("UPDATE pgm_webhook_deliveries SET attempts = 1, leased_until = now() + interval '1 hour'")
     assert Dispatcher(db.uri).deliver_due() == 0  # leased: not sent twice while its lease runs
@@ -384,8 +378,8 @@ def test_a_delivery_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expi
 
 @pytest.mark.slow
 def test_alias_moved_through_the_rest_api_of_mlflow_server(client, db, webhook_env, receiver, tmp_path):
-    register(client, tmp_path)
-    register(client, tmp_path)
+    sample.register(client, tmp_path)
+    sample.register(client, tmp_path)
     alias_deleted = WebhookEvent(WebhookEntity.MODEL_VERSION_ALIAS, WebhookAction.DELETED)
     client.create_webhook("deploy", receiver.url, events=[ALIAS_CREATED, alias_deleted], secret=SECRET)
 
@@ -446,7 +440,7 @@ def test_writer_role_runs_webhooks_and_reader_role_cannot_create_them(db, webhoo
     reader_uri = db.tcp_uri(*db.login_role("pgmodels_reader"))
     writer = mlflow.MlflowClient(tracking_uri=db.uri, registry_uri=writer_uri)
     writer.create_webhook("ci", receiver.url, events=[MV_CREATED], secret=SECRET)
-    register(writer, tmp_path)
+    sample.register(writer, tmp_path)
     assert Dispatcher(writer_uri).deliver_due() == 1
     assert [e["data"]["version"] for e in receiver.events()] == ["1"]
 

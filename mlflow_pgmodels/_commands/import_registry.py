@@ -23,6 +23,8 @@ from typing import Any
 from mlflow.entities.model_registry import RegisteredModelTag
 from mlflow.exceptions import MlflowException
 
+from mlflow_pgmodels._commands._args import copy_command
+
 _PAGE = 1000
 
 
@@ -130,13 +132,13 @@ def add_parser(subparsers) -> None:
     """The ``import-registry`` subcommand of ``mlflow-pgmodels``."""
     from mlflow_pgmodels._pg.uri import URI_HELP
 
-    p = subparsers.add_parser(
-        "import-registry", help="copy an existing MLflow model registry into the store (re-runnable)",
+    p = copy_command(
+        subparsers, "import-registry", _run,
+        help="copy an existing MLflow model registry into the store (re-runnable)",
         description="Copy every registered model and version of an MLflow registry (with the files "
                     "from its artifact store) into the pgmodels store, keeping names, version "
                     "numbers, descriptions, tags, aliases, stages and run ids. Re-running copies "
-                    "only what is new.")
-    p.add_argument("--from", dest="source", required=True, metavar="REGISTRY_URI",
-                   help="the registry to copy: sqlite:///mlflow.db, postgresql://..., http://server:5000")
+                    "only what is new.",
+        source_metavar="REGISTRY_URI", source_required=True,
+        source_help="the registry to copy: sqlite:///mlflow.db, postgresql://..., http://server:5000")
     p.add_argument("--uri", help=URI_HELP)
-    p.set_defaults(func=_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mlflow_pgmodels._commands._args import copy_command
 from mlflow_pgmodels._pg.uri import URI_HELP, redact
 
 
@@ -24,15 +25,15 @@ def _promote(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """The ``promote`` subcommand of ``mlflow-pgmodels``."""
-    p = subparsers.add_parser(
-        "promote", help="copy a model version into another pgmodels database (dev -> prod), verified",
+    p = copy_command(
+        subparsers, "promote", _promote,
+        help="copy a model version into another pgmodels database (dev -> prod), verified",
         description="Copy one registered model version (its files, streamed and checked by SHA-256, its "
                     "description and tags) into another pgmodels database as a new version there, with "
                     "its lineage as pgmodels.promoted_from.* tags. Running it again reuses the version "
-                    "promoted before. Needs read access on the source and write access on the target.")
+                    "promoted before. Needs read access on the source and write access on the target.",
+        source_metavar="SOURCE_URI", source_help="the source database; " + URI_HELP)
     p.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
     p.add_argument("--to", required=True, metavar="TARGET_URI", help="the target database: pgmodels://...")
-    p.add_argument("--from", dest="source", metavar="SOURCE_URI", help="the source database; " + URI_HELP)
     p.add_argument("--name", help="the registered model name on the target (default: the same name)")
     p.add_argument("--alias", help="point this alias of the target model at the promoted version")
-    p.set_defaults(func=_promote)
