@@ -12,7 +12,8 @@ import sys
 from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels import _settings
-from mlflow_pgmodels._pg.uri import URI_HELP, redact, resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.uri import URI_HELP, redact
 
 def _db(args: argparse.Namespace) -> int:
     from mlflow_pgmodels import _mlflow

@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import _mlflow
-from mlflow_pgmodels._pg.uri import resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.reads import read_connection
 from mlflow_pgmodels._registry.entities import ACTIVE_SQL

@@ -21,12 +21,13 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow_pgmodels._pg.schema import schema_lock
     from mlflow_pgmodels._settings import refuse_workspaces
     from mlflow_pgmodels._storage.artifact_root import default_artifact_root
-    from mlflow_pgmodels._pg.uri import remember_store, to_sqlalchemy_url
+    from mlflow_pgmodels._pg.route import ROUTER
+    from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
 
     _mlflow.require()
     _mlflow.tolerate_half_imported_auth_module()
     refuse_workspaces()
-    remember_store(store_uri)
+    ROUTER.remember_store(store_uri)
     artifact_uri = default_artifact_root(artifact_uri)
     # MLflow creates and migrates its tables on first use without a lock, so processes starting
     # together on a new database collide (duplicate alembic_version); one at a time, like ours.

@@ -17,16 +17,15 @@ from __future__ import annotations
 import os
 import shutil
 
-import mlflow
 from mlflow.entities import FileInfo
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels._cache import cache
 from mlflow_pgmodels._cache.fetch import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST, VIRTUAL_DIR, DatabaseSource, ServerSource
-from mlflow_pgmodels._pg.uri import download_uri, is_pgmodels_uri, parse_download_uri, parse_model_root
+from mlflow_pgmodels._pg.route import ROUTER, Database, Server
+from mlflow_pgmodels._pg.uri import download_uri, parse_download_uri, parse_model_root
 
 
 class VersionArtifactRepository(ArtifactRepository):
@@ -52,13 +51,12 @@ class VersionArtifactRepository(ArtifactRepository):
         return repo, rest
 
     # --- where the bytes come from -------------------------------------------------------
-    def _source(self):
-        for uri in (self.registry_uri, _server_registry_uri(), mlflow.get_registry_uri(), self.tracking_uri):
-            if is_pgmodels_uri(uri):
-                return DatabaseSource(uri)
-        for uri in (self.registry_uri, self.tracking_uri, mlflow.get_registry_uri()):
-            if uri and uri.startswith(("http://", "https://")):
-                return ServerSource(uri)
+    def _source(self) -> DatabaseSource | ServerSource:
+        where = ROUTER.route(self.artifact_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        if isinstance(where, Database):
+            return DatabaseSource(where.uri)
+        if isinstance(where, Server):
+            return ServerSource(where.url)
         raise MlflowException(
             f"Cannot download {self.artifact_uri}: no pgmodels:// registry URI or MLflow server is "
             "configured. Set MLFLOW_REGISTRY_URI (or MLFLOW_TRACKING_URI) to the pgmodels:// URI "
@@ -155,10 +153,6 @@ class VersionArtifactRepository(ArtifactRepository):
             with source.archive(self.model_name, self.model_version) as archive:
                 _link_or_copy(archive, out)
         return out
-
-
-def _server_registry_uri() -> str | None:
-    return os.environ.get(_mlflow.SERVER_REGISTRY_STORE_ENV)
 
 
 def _immutable() -> MlflowException:

@@ -112,7 +112,7 @@ def import_registry(source_uri: str, uri: str, out=None) -> dict[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels._pg.uri import resolve_uri
+    from mlflow_pgmodels._pg.route import resolve_uri
     from mlflow_pgmodels._pg.uri import is_pgmodels_uri, redact
 
     uri = resolve_uri(args.uri)

@@ -8,7 +8,8 @@ from typing import Any
 
 from mlflow_pgmodels._lifecycle import prune
 from mlflow_pgmodels._lifecycle import space
-from mlflow_pgmodels._pg.uri import URI_HELP, resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.uri import URI_HELP
 
 
 def _du(args: argparse.Namespace) -> int:

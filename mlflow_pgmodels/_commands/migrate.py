@@ -179,7 +179,7 @@ def _bar(total: int):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlflow_pgmodels._pg.uri import resolve_uri
+    from mlflow_pgmodels._pg.route import resolve_uri
     from mlflow_pgmodels._pg.uri import redact
 
     uri = resolve_uri(args.uri)

@@ -11,7 +11,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.schema import ensure_schema
-from mlflow_pgmodels._pg.uri import URI_HELP, redact, resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.uri import URI_HELP, redact
 from mlflow_pgmodels._events.webhook_delivery import CHANNEL, Dispatcher
 
 

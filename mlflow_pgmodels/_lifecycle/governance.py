@@ -21,7 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DEN
 from mlflow_pgmodels._pg.db import connection, read_connection
 from mlflow_pgmodels._registry.entities import version_not_found
 from mlflow_pgmodels._pg.schema import ensure_schema
-from mlflow_pgmodels._pg.uri import resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
 
 PROTECTABLE_STAGES = ("Staging", "Production", "Archived")
 APPROVAL_TAG = "pgmodels.approved_by"

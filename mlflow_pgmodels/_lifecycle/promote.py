@@ -34,7 +34,8 @@ from mlflow_pgmodels._storage.model_binary import READ_CHUNK
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._registry.entities import MV_COLUMNS, model_version, version_not_found
 from mlflow_pgmodels._registry.store import PgModelsRegistryStore
-from mlflow_pgmodels._pg.uri import is_pgmodels_uri, redact, resolve_uri
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.uri import is_pgmodels_uri, redact
 
 LINEAGE = "pgmodels.promoted_from."
 # at the source, when its role may write: "<target database>" -> "<name> v<version>"

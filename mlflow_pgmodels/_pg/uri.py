@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
 
@@ -33,16 +32,6 @@ _CHOICES = {
 
 URI_HELP = ("pgmodels://[user[:password]@][host][:port][/dbname][?params]; default: "
             "$MLFLOW_REGISTRY_URI, then $MLFLOW_TRACKING_URI")
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The store URI: the one given, else MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI if pgmodels://."""
-    for candidate in (uri, os.environ.get("MLFLOW_REGISTRY_URI"), os.environ.get("MLFLOW_TRACKING_URI")):
-        if is_pgmodels_uri(candidate):
-            return candidate
-    raise MlflowException.invalid_parameter_value(
-        f"No model database given: pass --uri {URI_HELP.split(';')[0]} or set "
-        "MLFLOW_TRACKING_URI (or MLFLOW_REGISTRY_URI) to such a URI.")
 
 
 def is_pgmodels_uri(uri: str | None) -> bool:
@@ -202,19 +191,3 @@ def parse_model_root(uri: str) -> str | None:
     if rest and "/" not in rest:
         return urllib.parse.unquote(rest)
     return None
-
-
-_store_uris: list[str] = []
-
-
-def remember_store(uri: str) -> None:
-    """Note that this process built a tracking store for ``uri`` (``mlflow gc``, ``mlflow server``
-    and friends then find the database of ``pgmodels-artifacts:`` roots without an environment)."""
-    if uri in _store_uris:
-        _store_uris.remove(uri)
-    _store_uris.append(uri)
-
-
-def remembered_store() -> str | None:
-    """The last ``pgmodels://`` URI this process built a tracking store for, if any."""
-    return _store_uris[-1] if _store_uris else None

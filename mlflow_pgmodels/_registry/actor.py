@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import getpass
 
-from mlflow_pgmodels._mlflow import authenticated_server_user, in_server
+from mlflow_pgmodels._mlflow import authenticated_server_user
+from mlflow_pgmodels._pg.route import ROUTER
 
 
 def mlflow_user() -> str | None:
@@ -19,7 +20,7 @@ def mlflow_user() -> str | None:
     none without an authentication app (the request's ``Authorization`` header is then unchecked).
     Elsewhere: the user MLflow records on runs (``MLFLOW_TRACKING_USERNAME``, else the OS user).
     """
-    if in_server():
+    if ROUTER.in_server():
         return authenticated_server_user()
     return _client_user()
 

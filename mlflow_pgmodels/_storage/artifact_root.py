@@ -13,11 +13,10 @@ import os
 from mlflow_pgmodels._mlflow import (
     SERVER_ARTIFACT_DESTINATION_ENV as _SERVER_DESTINATION_ENV,
     SERVER_ARTIFACT_ROOT_ENV as _SERVER_ROOT_ENV,
-    SERVER_BACKEND_STORE_ENV as _SERVER_BACKEND_ENV,
     SERVER_DEFAULT_ARTIFACT_ROOT as _SERVER_DEFAULT_ROOT,
-    SERVER_REGISTRY_STORE_ENV as _SERVER_REGISTRY_ENV,
 )
-from mlflow_pgmodels._pg.uri import DATABASE_ARTIFACT_ROOT, is_pgmodels_uri
+from mlflow_pgmodels._pg.route import ROUTER
+from mlflow_pgmodels._pg.uri import DATABASE_ARTIFACT_ROOT
 
 
 def default_artifact_root(given: str | None) -> str:
@@ -35,15 +34,6 @@ def default_artifact_root(given: str | None) -> str:
     return server_root if given is None else given
 
 
-def server_database() -> str | None:
-    """Inside an ``mlflow server``: the ``pgmodels://`` URI of its backend store, else of its
-    registry store (``--registry-store-uri``), else None."""
-    for uri in (os.environ.get(_SERVER_BACKEND_ENV), os.environ.get(_SERVER_REGISTRY_ENV)):
-        if is_pgmodels_uri(uri):
-            return uri
-    return None
-
-
 def configure_server() -> bool:
     """Inside an ``mlflow server`` whose backend or registry store is a pgmodels database and
     that runs with MLflow's artifact defaults: point its artifact proxy at the database; returns
@@ -56,7 +46,7 @@ def configure_server() -> bool:
     Runs when this package's artifact repositories are registered (while MLflow's artifact
     registry is imported), so before the server's first artifact request.
     """
-    if server_database() is None:
+    if ROUTER.server_database() is None:
         return False
     if os.environ.get(_SERVER_ROOT_ENV) not in (_SERVER_DEFAULT_ROOT, DATABASE_ARTIFACT_ROOT):
         return False
