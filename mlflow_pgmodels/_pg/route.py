@@ -10,7 +10,9 @@ What the URI names decides whose URIs count, first to last (:data:`ORDER`):
 * ``pgmodels:/<name>/<version>``, a registered version: the registry side first.
 * ``pgmodels-artifacts:/…``, run artifacts and LoggedModel files: the tracking side first, then
   the registry side (registering a model from a run reads the run's files from the registry
-  database), then the last tracking store this process built (``mlflow gc``, ``mlflow server``).
+  database), then the last tracking store this process built (``mlflow gc``), unless the request
+  has a server to go through: a client that switched to a server never writes to a database it
+  used before.
 * anything else, or nothing: the store of a command or helper without ``--uri``/``uri=``:
   ``MLFLOW_REGISTRY_URI``, then ``MLFLOW_TRACKING_URI`` from the environment (never a server).
 
@@ -32,9 +34,6 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_pgmodels._mlflow import SERVER_BACKEND_STORE_ENV, SERVER_REGISTRY_STORE_ENV
 from mlflow_pgmodels._pg.uri import ARTIFACTS_SCHEME, SCHEME, URI_HELP, is_pgmodels_uri, to_conninfo
-
-_SERVER_SCHEMES = ("http://", "https://")
-
 
 @dataclass(frozen=True)
 class Database:
@@ -121,50 +120,27 @@ class Router:
         """
         if is_pgmodels_uri(uri):
             return Database(uri)
-        databases, servers = ORDER[kind(uri)]
-        known = _Candidates(self, tracking_uri, registry_uri)
-        found = _first_database(*(known[name] for name in databases))
-        if found is not None:
-            return Database(found)
-        url = next((u for u in (known[name] for name in servers) if u and u.startswith(_SERVER_SCHEMES)), None)
-        return Server(url) if url else None
+        import mlflow  # here: this module loads while `import mlflow` runs
 
-
-class _Candidates:
-    """The URIs :data:`ORDER` names, each read when asked for (MLflow's only once per route)."""
-
-    def __init__(self, router: Router, tracking_uri: str | None, registry_uri: str | None) -> None:
-        self._router, self._given = router, {"tracking": tracking_uri, "registry": registry_uri}
-        self._read: dict[str, str | None] = {}
-
-    def __getitem__(self, name: str) -> str | None:
-        if name not in self._read:
-            self._read[name] = self._value(name)
-        return self._read[name]
-
-    def _value(self, name: str) -> str | None:
-        import mlflow  # lazily: this module loads while `import mlflow` runs
-
-        env = self._router._environ
-        if name.startswith("given_"):
-            return self._given[name.removeprefix("given_")]
-        if name == "mlflow_tracking":
-            return mlflow.get_tracking_uri()
-        if name == "mlflow_registry":
-            return mlflow.get_registry_uri()
-        if name == "server_backend":
-            return env.get(SERVER_BACKEND_STORE_ENV)
-        if name == "server_registry":
-            return env.get(SERVER_REGISTRY_STORE_ENV)
-        if name == "env_registry":
-            return env.get("MLFLOW_REGISTRY_URI")
-        if name == "env_tracking":
-            return env.get("MLFLOW_TRACKING_URI")
-        if name == "built":
+        env = self._environ
+        candidates = {
+            "given_tracking": lambda: tracking_uri,
+            "given_registry": lambda: registry_uri,
+            "mlflow_tracking": mlflow.get_tracking_uri,
+            "mlflow_registry": mlflow.get_registry_uri,
+            "server_backend": lambda: env.get(SERVER_BACKEND_STORE_ENV),
+            "server_registry": lambda: env.get(SERVER_REGISTRY_STORE_ENV),
+            "env_registry": lambda: env.get("MLFLOW_REGISTRY_URI"),
+            "env_tracking": lambda: env.get("MLFLOW_TRACKING_URI"),
             # a client working through a server never falls back to a database this process used before
-            through_server = (self["given_tracking"] or self["mlflow_tracking"] or "").startswith(_SERVER_SCHEMES)
-            return None if through_server else self._router.remembered_store()
-        raise KeyError(name)
+            "built": lambda: None if server else self.remembered_store(),
+        }
+        databases, servers = ORDER[kind(uri)]
+        server = next((u for u in (candidates[name]() for name in servers) if _is_server(u)), None)
+        database = next((u for u in (candidates[name]() for name in databases) if is_pgmodels_uri(u)), None)
+        if database is not None:
+            return Database(database)
+        return Server(server) if server else None
 
 
 def kind(uri: str | None) -> str:
@@ -178,6 +154,10 @@ def kind(uri: str | None) -> str:
 
 def _first_database(*uris: str | None) -> str | None:
     return next((u for u in uris if is_pgmodels_uri(u)), None)
+
+
+def _is_server(uri: str | None) -> bool:
+    return bool(uri) and uri.startswith(("http://", "https://"))
 
 
 ROUTER = Router()
