@@ -4,7 +4,8 @@ A ``pgmodels://`` tracking store gives new experiments the root ``pgmodels-artif
 id>`` (tracking_store.py), so everything MLflow logs as an artifact lands in ``pgm_artifacts``.
 The URI names no database: a client reaches it with its own ``pgmodels://`` URI (tracking or
 registry URI, or the store it built), and a client that has only an MLflow server's address goes
-through the server's artifact proxy (``mlflow-artifacts``), which serves this database.
+through the server's artifact proxy (``mlflow-artifacts``), which serves this database. Which of the
+two is decided once per repository, by the router (_pg/route.py).
 """
 
 from __future__ import annotations
