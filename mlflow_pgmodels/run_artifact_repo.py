@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels._pg.route import ROUTER, Database, Server
+from mlflow_pgmodels._pg.route import ROUTER, Database
 from mlflow_pgmodels._storage import artifact_root
 from mlflow_pgmodels._storage import artifacts
 
@@ -32,8 +32,10 @@ class RunArtifactRepository(ArtifactRepository):
         super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.root = artifacts.root_key(artifact_uri)
         where = ROUTER.route(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
-        self._backend = (_InDatabase(self.root, where.uri, artifact_uri) if isinstance(where, Database)
-                         else _ThroughServer(self.root, where.url if isinstance(where, Server) else None, artifact_uri))
+        if isinstance(where, Database):
+            self._backend: _InDatabase | _ThroughServer = _InDatabase(self.root, where.uri, artifact_uri)
+        else:
+            self._backend = _ThroughServer(self.root, where.url if where else None, artifact_uri)
 
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
         self._backend.log_artifact(local_file, artifact_path)
