@@ -17,11 +17,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.utils.search_utils import SearchUtils
 from mlflow.utils.time import get_current_time_millis
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels._mlflow import validate_webhook_events, validate_webhook_name, validate_webhook_url
 from mlflow_pgmodels._pg.db import connection
+from mlflow_pgmodels._pg.sql_build import Expr, set_clause
 from mlflow_pgmodels._events.webhook_delivery import WEBHOOK_COLUMNS, encrypt_secret, start_in_background, to_webhook
 
 _patch_lock = threading.Lock()
@@ -95,11 +97,10 @@ class WebhookStoreMixin:
             if status is not None:
                 changes["status"] = status.value
             # the timestamp always moves forward, even within the same millisecond
-            conn.execute(
-                "UPDATE pgm_webhooks SET last_updated_timestamp = "
-                "GREATEST(%s, coalesce(last_updated_timestamp, 0) + 1)"
-                + "".join(f", {column} = %s" for column in changes) + " WHERE webhook_id = %s",
-                (get_current_time_millis(), *changes.values(), webhook_id))
+            sets, params = set_clause({"last_updated_timestamp": Expr(
+                sql.SQL("GREATEST(%s, coalesce(last_updated_timestamp, 0) + 1)"), (get_current_time_millis(),)),
+                **changes})
+            conn.execute(sql.SQL("UPDATE pgm_webhooks SET {} WHERE webhook_id = %s").format(sets), [*params, webhook_id])
             return self._webhook(conn, webhook_id)
 
     def delete_webhook(self, webhook_id: str) -> None:
