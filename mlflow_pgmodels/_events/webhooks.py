@@ -24,7 +24,8 @@ from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels._mlflow import validate_webhook_events, validate_webhook_name, validate_webhook_url
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.sql_build import Expr, set_clause
-from mlflow_pgmodels._events.webhook_delivery import WEBHOOK_COLUMNS, encrypt_secret, start_in_background, to_webhook
+from mlflow_pgmodels._events.webhook_delivery import BACKGROUND
+from mlflow_pgmodels._events.webhook_requests import SECRETS, WEBHOOK_COLUMNS, to_webhook
 
 _patch_lock = threading.Lock()
 
@@ -38,7 +39,7 @@ class WebhookStoreMixin:
             # inside `mlflow server`: this process delivers, and MLflow's handlers must not
             # deliver the same registry events a second time
             _route_server_deliveries_to_history()
-            start_in_background(store_uri)
+            BACKGROUND.start(store_uri)
 
     def _webhook_conn(self, what: str):
         return connection(self.store_uri, what)
@@ -54,7 +55,7 @@ class WebhookStoreMixin:
             conn.execute(
                 "INSERT INTO pgm_webhooks (webhook_id, name, url, description, secret, status, "
                 "creation_timestamp, last_updated_timestamp) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (webhook_id, name, url, description, encrypt_secret(secret),
+                (webhook_id, name, url, description, SECRETS.encrypt(secret),
                  (status or WebhookStatus.ACTIVE).value, now, now))
             _insert_events(conn, webhook_id, events)
             return self._webhook(conn, webhook_id)
@@ -93,7 +94,7 @@ class WebhookStoreMixin:
             if description is not None:
                 changes["description"] = description
             if secret is not None:
-                changes["secret"] = encrypt_secret(secret)
+                changes["secret"] = SECRETS.encrypt(secret)
             if status is not None:
                 changes["status"] = status.value
             # the timestamp always moves forward, even within the same millisecond
