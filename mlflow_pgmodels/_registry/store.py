@@ -2,7 +2,8 @@
 
 This module maps MLflow's registry API (``AbstractStore``) onto the tables; the parts live
 beside it: entities.py (rows ⇄ MLflow entities), search.py (filters, order, pages, ``latest``),
-versions.py (how a version is written), column_tags.py (``event`` / ``model_type``),
+versions.py (how a version is written), models_table.py (the one writer of a version's row and
+the existence checks), column_tags.py (``event`` / ``model_type``),
 webhooks.py (the webhook API). docs/design.md has the whole scheme:
 
 * ``version`` is the row's ``version``: gap-free per name and never reused.
