@@ -79,9 +79,10 @@ class ModelsTable:
         if conn.execute(query, [*params, name, version]).rowcount == 0:
             raise version_not_found(name, version)
 
-    def touch(self, conn: psycopg.Connection, name: str, version: int, changes: Mapping[str, Any] = {}) -> None:
+    def touch(self, conn: psycopg.Connection, name: str, version: int,
+              changes: Mapping[str, Any] | None = None) -> None:
         """:meth:`update` with ``last_updated_at`` moved to now."""
-        self.update(conn, name, version, {**changes, "last_updated_at": NOW})
+        self.update(conn, name, version, {**(changes or {}), "last_updated_at": NOW})
 
     # ------------------------------------------------------------------ existence
     @staticmethod
