@@ -16,8 +16,8 @@ from cryptography.fernet import Fernet
 from mlflow.entities.webhook import WebhookAction, WebhookEntity, WebhookEvent, WebhookStatus
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels._events import webhook_delivery
 from mlflow_pgmodels._events.webhook_delivery import Dispatcher
+from mlflow_pgmodels._events.webhook_requests import SECRETS
 from tests import sample
 from tests.mlflow_server import mlflow_server
 
@@ -95,8 +95,9 @@ def webhook_env(monkeypatch):
            "MLFLOW_WEBHOOK_REQUEST_TIMEOUT": "5"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(webhook_delivery, "_secret_type", None)  # pick up this key
-    return env
+    SECRETS.reset()  # pick up this key
+    yield env
+    SECRETS.reset()  # and forget it with the environment
 
 
 @pytest.fixture

@@ -17,12 +17,16 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.utils.search_utils import SearchUtils
 from mlflow.utils.time import get_current_time_millis
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels._mlflow import validate_webhook_events, validate_webhook_name, validate_webhook_url
 from mlflow_pgmodels._pg.db import connection
-from mlflow_pgmodels._events.webhook_delivery import WEBHOOK_COLUMNS, encrypt_secret, start_in_background, to_webhook
+from mlflow_pgmodels._pg.route import ROUTER
+from mlflow_pgmodels._pg.sql_build import Expr, set_clause
+from mlflow_pgmodels._events.webhook_delivery import BACKGROUND
+from mlflow_pgmodels._events.webhook_requests import SECRETS, WEBHOOK_COLUMNS, to_webhook
 
 _patch_lock = threading.Lock()
 
@@ -32,11 +36,11 @@ class WebhookStoreMixin:
 
     def __init__(self, store_uri: str | None = None, tracking_uri: str | None = None) -> None:
         super().__init__(store_uri=store_uri, tracking_uri=tracking_uri)
-        if _mlflow.in_server() and store_uri:
+        if ROUTER.in_server() and store_uri:
             # inside `mlflow server`: this process delivers, and MLflow's handlers must not
             # deliver the same registry events a second time
             _route_server_deliveries_to_history()
-            start_in_background(store_uri)
+            BACKGROUND.start(store_uri)
 
     def _webhook_conn(self, what: str):
         return connection(self.store_uri, what)
@@ -52,7 +56,7 @@ class WebhookStoreMixin:
             conn.execute(
                 "INSERT INTO pgm_webhooks (webhook_id, name, url, description, secret, status, "
                 "creation_timestamp, last_updated_timestamp) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (webhook_id, name, url, description, encrypt_secret(secret),
+                (webhook_id, name, url, description, SECRETS.encrypt(secret),
                  (status or WebhookStatus.ACTIVE).value, now, now))
             _insert_events(conn, webhook_id, events)
             return self._webhook(conn, webhook_id)
@@ -91,15 +95,14 @@ class WebhookStoreMixin:
             if description is not None:
                 changes["description"] = description
             if secret is not None:
-                changes["secret"] = encrypt_secret(secret)
+                changes["secret"] = SECRETS.encrypt(secret)
             if status is not None:
                 changes["status"] = status.value
             # the timestamp always moves forward, even within the same millisecond
-            conn.execute(
-                "UPDATE pgm_webhooks SET last_updated_timestamp = "
-                "GREATEST(%s, coalesce(last_updated_timestamp, 0) + 1)"
-                + "".join(f", {column} = %s" for column in changes) + " WHERE webhook_id = %s",
-                (get_current_time_millis(), *changes.values(), webhook_id))
+            sets, params = set_clause({"last_updated_timestamp": Expr(
+                sql.SQL("GREATEST(%s, coalesce(last_updated_timestamp, 0) + 1)"), (get_current_time_millis(),)),
+                **changes})
+            conn.execute(sql.SQL("UPDATE pgm_webhooks SET {} WHERE webhook_id = %s").format(sets), [*params, webhook_id])
             return self._webhook(conn, webhook_id)
 
     def delete_webhook(self, webhook_id: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import psycopg
+from psycopg.rows import dict_row
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
@@ -169,11 +170,12 @@ def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored, dict
                                   RESOURCE_DOES_NOT_EXIST)
     else:
         number = _version(ref)
-    row = conn.execute(f"SELECT {MV_COLUMNS}, m.format, m.size_bytes, m.sha256 FROM models m"
-                       " WHERE m.name = %s AND m.version = %s", (name, number)).fetchone()
+    row = conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {MV_COLUMNS}, m.format, m.size_bytes, m.sha256 FROM models m WHERE m.name = %s AND m.version = %s",
+        (name, number)).fetchone()
     if row is None:
         raise version_not_found(name, number)
-    fmt, size, sha = row[-3:]
+    fmt, size, sha = row["format"], row["size_bytes"], row["sha256"]
     if fmt not in ("mlflow-zip", "files"):
         raise MlflowException.invalid_parameter_value(
             f"Model '{name}' version {number} has no model files (format {fmt!r}: a prompt); only model "
@@ -183,7 +185,7 @@ def _read_source(conn, name: str, ref: str) -> tuple[ModelVersion, _Stored, dict
         files = conn.execute(
             "SELECT f.path, f.blob_id, b.size_bytes, b.sha256 FROM pgm_version_files f JOIN pgm_blobs b"
             " ON b.id = f.blob_id WHERE f.name = %s AND f.version = %s ORDER BY f.path", (name, number)).fetchall()
-    mv = model_version(row[:-3])
+    mv = model_version(row)
     database = conn.execute("SELECT current_database()").fetchone()[0]
     return mv, _Stored(fmt, size, sha.strip(), files), _lineage(database, mv, sha.strip())
 

@@ -1,12 +1,14 @@
 """Rows of the store's tables as MLflow entities, and the errors that name a missing one.
 
 ``MV_COLUMNS`` / ``RM_COLUMNS`` are the select lists (tables aliased ``m`` = models and
-``r`` = pgm_registered_models) that :func:`model_version` / :func:`registered_model` read.
+``r`` = pgm_registered_models) that :func:`model_version` / :func:`registered_model` read by
+column name: select them with ``conn.cursor(row_factory=psycopg.rows.dict_row)``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mlflow.entities.model_registry import (
@@ -29,20 +31,21 @@ ACTIVE_SQL = "is_active IS NOT FALSE"
 _MS = "(extract(epoch FROM {})*1000)::bigint"
 
 MV_COLUMNS = f"""
-    m.name, m.version, {_MS.format("m.created_at::timestamptz")}, {_MS.format("m.last_updated_at")},
-    m.description, m.user_id, {STAGE_SQL}, m.source, m.run_id, m.run_link, m.model_id,
-    m.event, m.model_type,
+    m.name, m.version, {_MS.format("m.created_at::timestamptz")} AS creation_timestamp,
+    {_MS.format("m.last_updated_at")} AS last_updated_timestamp, m.description, m.user_id,
+    {STAGE_SQL} AS current_stage, m.source, m.run_id, m.run_link, m.model_id, m.event, m.model_type,
     (SELECT coalesce(json_agg(json_build_array(t.key, t.value)), '[]') FROM pgm_model_version_tags t
-      WHERE t.name = m.name AND t.version = m.version),
+      WHERE t.name = m.name AND t.version = m.version) AS tags,
     (SELECT coalesce(json_agg(a.alias ORDER BY a.alias), '[]') FROM pgm_aliases a
-      WHERE a.name = m.name AND a.version = m.version)
+      WHERE a.name = m.name AND a.version = m.version) AS aliases
 """
 RM_COLUMNS = f"""
-    r.name, {_MS.format("r.created_at")}, {_MS.format("r.last_updated_at")}, r.description,
+    r.name, {_MS.format("r.created_at")} AS creation_timestamp, {_MS.format("r.last_updated_at")} AS last_updated_timestamp,
+    r.description,
     (SELECT coalesce(json_agg(json_build_array(t.key, t.value)), '[]') FROM pgm_registered_model_tags t
-      WHERE t.name = r.name),
+      WHERE t.name = r.name) AS tags,
     (SELECT coalesce(json_agg(json_build_array(a.alias, a.version) ORDER BY a.alias), '[]') FROM pgm_aliases a
-      WHERE a.name = r.name)
+      WHERE a.name = r.name) AS aliases
 """
 
 
@@ -50,27 +53,30 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def model_version(row: tuple) -> ModelVersion:
-    """A row selected with ``MV_COLUMNS`` as a ModelVersion (READY: a row exists only once complete)."""
-    (name, version, created, updated, description, user_id, stage, source, run_id, run_link,
-     model_id, event, model_type, tags, aliases) = row
-    tag_list = [ModelVersionTag(k, v) for k, v in _json(tags)] + column_tags.as_tags(event, model_type)
+def model_version(row: Mapping[str, Any]) -> ModelVersion:
+    """A row selected with ``MV_COLUMNS``, read by name (``psycopg.rows.dict_row``), as a ModelVersion
+    (READY: a row exists only once complete). Other columns of the row are ignored."""
+    name, version = row["name"], row["version"]
+    tag_list = [ModelVersionTag(k, v) for k, v in _json(row["tags"])] + column_tags.as_tags(row["event"],
+                                                                                          row["model_type"])
     return ModelVersion(
-        name=name, version=version, creation_timestamp=created, last_updated_timestamp=updated,
-        description=description, user_id=user_id, current_stage=stage,
-        source=source or download_uri(name, version), run_id=run_id, status="READY",
-        tags=tag_list, run_link=run_link, aliases=list(_json(aliases)), model_id=model_id,
+        name=name, version=version, creation_timestamp=row["creation_timestamp"],
+        last_updated_timestamp=row["last_updated_timestamp"], description=row["description"],
+        user_id=row["user_id"], current_stage=row["current_stage"],
+        source=row["source"] or download_uri(name, version), run_id=row["run_id"], status="READY",
+        tags=tag_list, run_link=row["run_link"], aliases=list(_json(row["aliases"])), model_id=row["model_id"],
     )
 
 
-def registered_model(row: tuple, latest_versions: list[ModelVersion] | None = None) -> RegisteredModel:
-    """A row selected with ``RM_COLUMNS`` as a RegisteredModel (aliases map to int versions, as in MLflow)."""
-    name, created, updated, description, tags, aliases = row
+def registered_model(row: Mapping[str, Any], latest_versions: list[ModelVersion] | None = None) -> RegisteredModel:
+    """A row selected with ``RM_COLUMNS``, read by name (``psycopg.rows.dict_row``), as a RegisteredModel
+    (aliases map to int versions, as in MLflow)."""
     return RegisteredModel(
-        name=name, creation_timestamp=created, last_updated_timestamp=updated, description=description,
+        name=row["name"], creation_timestamp=row["creation_timestamp"],
+        last_updated_timestamp=row["last_updated_timestamp"], description=row["description"],
         latest_versions=latest_versions or [],
-        tags=[RegisteredModelTag(k, v) for k, v in _json(tags)],
-        aliases=[RegisteredModelAlias(a, int(v)) for a, v in _json(aliases)],
+        tags=[RegisteredModelTag(k, v) for k, v in _json(row["tags"])],
+        aliases=[RegisteredModelAlias(a, int(v)) for a, v in _json(row["aliases"])],
     )
 
 

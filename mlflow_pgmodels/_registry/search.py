@@ -19,6 +19,7 @@ from mlflow.store.model_registry import (
     SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD,
 )
 from mlflow.utils.search_utils import SearchModelUtils, SearchModelVersionUtils, SearchUtils
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels._registry import column_tags
 from mlflow_pgmodels._registry.entities import ACTIVE_SQL, MV_COLUMNS, RM_COLUMNS
@@ -95,8 +96,8 @@ def next_page_token(rows_fetched: int, max_results: int, offset: int) -> str | N
 
 
 def latest_by_stage(conn, names: list[str], stages: list[str], event: str | None = None,
-                    model_type: str | None = None) -> list[tuple]:
-    """``MV_COLUMNS`` rows: the highest version in each of ``stages`` of each name, by name then version DESC.
+                    model_type: str | None = None) -> list[dict[str, Any]]:
+    """``MV_COLUMNS`` rows, by column name: the highest version in each of ``stages`` of each name, by name then version DESC.
 
     ``event`` / ``model_type`` narrow it to versions with those column tags (the helper API).
     """
@@ -120,13 +121,14 @@ def latest_by_stage(conn, names: list[str], stages: list[str], event: str | None
             SELECT * FROM models x WHERE x.name = n.name AND {active}{narrow}
             ORDER BY x.version DESC LIMIT 1) m""")
         params += [names, *stage_params, *narrow_params]
-    return conn.execute(" UNION ALL ".join(branches) + " ORDER BY 1, 2 DESC", params).fetchall()
+    return conn.cursor(row_factory=dict_row).execute(
+        " UNION ALL ".join(branches) + " ORDER BY name, version DESC", params).fetchall()
 
 
 def latest_active_version(conn, name: str, event: str | None = None, model_type: str | None = None) -> int | None:
     """What ``models:/name/latest`` means: the highest active version (of that event and type), or None."""
     rows = latest_by_stage(conn, [name], ACTIVE_STAGES, event, model_type)
-    return max((row[1] for row in rows), default=None)
+    return max((row["version"] for row in rows), default=None)
 
 
 # ---------------------------------------------------------------------- filters

@@ -2,7 +2,8 @@
 
 This module maps MLflow's registry API (``AbstractStore``) onto the tables; the parts live
 beside it: entities.py (rows ⇄ MLflow entities), search.py (filters, order, pages, ``latest``),
-versions.py (how a version is written), column_tags.py (``event`` / ``model_type``),
+versions.py (how a version is written), models_table.py (the one writer of a version's row and
+the existence checks), column_tags.py (``event`` / ``model_type``),
 webhooks.py (the webhook API). docs/design.md has the whole scheme:
 
 * ``version`` is the row's ``version``: gap-free per name and never reused.
@@ -27,6 +28,7 @@ from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.model_registry.abstract_store import AbstractStore
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels import _mlflow
 from mlflow_pgmodels._registry import actor
@@ -43,6 +45,7 @@ from mlflow_pgmodels._mlflow import (
     validate_registered_model_tag,
     validate_tag_name,
 )
+from mlflow_pgmodels._registry.models_table import MODELS
 from mlflow_pgmodels._registry.arguments import blank as _blank, name as _name, tags as _tags, version as _version
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.reads import read_connection
@@ -92,29 +95,19 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             yield conn
 
     def _get_rm(self, conn, name: str):
-        row = conn.execute(f"SELECT {RM_COLUMNS} FROM pgm_registered_models r WHERE r.name = %s", (name,)).fetchone()
+        row = conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {RM_COLUMNS} FROM pgm_registered_models r WHERE r.name = %s", (name,)).fetchone()
         if row is None:
             raise model_not_found(name)
         latest = search.latest_by_stage(conn, [name], search.ACTIVE_STAGES)
         return registered_model(row, [model_version(r) for r in latest])
 
     def _get_mv(self, conn, name: str, version: int) -> ModelVersion:
-        row = conn.execute(f"SELECT {MV_COLUMNS} FROM models m WHERE m.name = %s AND m.version = %s",
-                           (name, version)).fetchone()
+        row = conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {MV_COLUMNS} FROM models m WHERE m.name = %s AND m.version = %s", (name, version)).fetchone()
         if row is None:
             raise version_not_found(name, version)
         return model_version(row)
-
-    def _touch_rm(self, conn, name: str) -> None:
-        if conn.execute("UPDATE pgm_registered_models SET last_updated_at = now() WHERE name = %s",
-                        (name,)).rowcount == 0:
-            raise model_not_found(name)
-
-    def _touch_mv(self, conn, name: str, version: int, sets: str = "", params: tuple = ()) -> None:
-        """Update a version's row (``sets``: extra ``col = %s, `` assignments) or raise not found."""
-        if conn.execute(f"UPDATE models SET {sets}last_updated_at = now() WHERE name = %s AND version = %s",
-                        (*params, name, version)).rowcount == 0:
-            raise version_not_found(name, version)
 
     # ------------------------------------------------------------------ registered models
     def create_registered_model(self, name, tags=None, description=None, deployment_job_id=None):
@@ -153,7 +146,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_model_renaming(new_name)
         new_name = _name(new_name)
         with self._write(f"rename registered model '{name}'") as conn:
-            if conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (new_name,)).fetchone():
+            if MODELS.registered_model_exists(conn, new_name):
                 raise MlflowException(f"Registered Model (name={new_name}) already exists.", RESOURCE_ALREADY_EXISTS)
             # foreign keys cascade the new name to versions, tags and aliases
             if conn.execute(
@@ -179,12 +172,12 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         sql, params, max_results, offset = search.registered_models_sql(filter_string, max_results, order_by,
                                                                         page_token)
         with self._read("search registered models") as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
             page = rows[:max_results]
             latest: dict[str, list[ModelVersion]] = {}
-            for row in search.latest_by_stage(conn, [r[0] for r in page], search.ACTIVE_STAGES):
-                latest.setdefault(row[0], []).append(model_version(row))
-        models = [registered_model(r, latest.get(r[0])) for r in page]
+            for row in search.latest_by_stage(conn, [r["name"] for r in page], search.ACTIVE_STAGES):
+                latest.setdefault(row["name"], []).append(model_version(row))
+        models = [registered_model(r, latest.get(r["name"])) for r in page]
         return PagedList(models, search.next_page_token(len(rows), max_results, offset))
 
     def get_latest_versions(self, name, stages=None):
@@ -197,8 +190,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         any_stage = not stages  # None from Python, [] from REST
         stages = search.ACTIVE_STAGES if any_stage else list(dict.fromkeys(get_canonical_stage(s) for s in stages))
         with self._read(f"read latest versions of '{name}'") as conn:
-            if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (name,)).fetchone():
-                raise model_not_found(name)
+            MODELS.require_registered_model(conn, name)
             latest = [model_version(r) for r in search.latest_by_stage(conn, [name], stages)]
             if not latest and any_stage:
                 inactive = conn.execute("SELECT count(*) FROM models WHERE name = %s", (name,)).fetchone()[0]
@@ -210,7 +202,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_model_name(name)
         validate_registered_model_tag(tag.key, tag.value)
         with self._write(f"tag registered model '{name}'") as conn:
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
             conn.execute(
                 "INSERT INTO pgm_registered_model_tags (name, key, value) VALUES (%s, %s, %s)"
                 " ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value",
@@ -221,7 +213,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_model_name(name)
         validate_tag_name(key)
         with self._write(f"delete a tag of registered model '{name}'") as conn:
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
             conn.execute("DELETE FROM pgm_registered_model_tags WHERE name = %s AND key = %s", (name, key))
 
     # ------------------------------------------------------------------ model versions
@@ -278,7 +270,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_model_name(name)
         version = _version(version)
         with self._write(f"update model '{name}' version {version}") as conn:
-            self._touch_mv(conn, name, version, "description = %s, ", (description,))
+            MODELS.touch(conn, name, version, {"description": description})
             return self._get_mv(conn, name, version)
 
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions):
@@ -293,18 +285,15 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         with self._write(f"change the stage of model '{name}' version {version}") as conn:
             # concurrent transitions of one name run one after another; NO KEY: an upload in
             # flight (which holds a key-share lock on the row) does not hold this up
-            if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s FOR NO KEY UPDATE",
-                                (name,)).fetchone():
-                raise model_not_found(name)
+            MODELS.require_registered_model(conn, name, lock=True)
             active = stage != STAGE_ARCHIVED
-            self._touch_mv(conn, name, version, "is_active = %s, stage = %s, ",
-                           (active, stage if active else STAGE_NONE))
+            MODELS.touch(conn, name, version, {"is_active": active, "stage": stage if active else STAGE_NONE})
             if archive_existing_versions:
                 conn.execute(
                     "UPDATE models SET is_active = false, stage = 'None', last_updated_at = now()"
                     f" WHERE name = %s AND version <> %s AND {ACTIVE_SQL} AND stage = %s",
                     (name, version, stage))
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
             return self._get_mv(conn, name, version)
 
     def delete_model_version(self, name, version):
@@ -314,7 +303,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         with self._write(f"delete model '{name}' version {version}") as conn:
             if conn.execute("DELETE FROM models WHERE name = %s AND version = %s", (name, version)).rowcount == 0:
                 raise version_not_found(name, version)
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
 
     def delete_model_versions_checked(self, name: str, pick) -> list[int]:
         """Delete the versions of ``name`` that ``pick(conn)`` returns, in one transaction (``mlflow-pgmodels prune``).
@@ -327,8 +316,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         """
         validate_model_name(name)
         with self._write(f"delete versions of model '{name}'") as conn:
-            if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s FOR NO KEY UPDATE",
-                                (name,)).fetchone():
+            if not MODELS.registered_model_exists(conn, name, lock=True):
                 return []
             first = pick(conn)
             if not first:
@@ -337,7 +325,7 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             chosen = sorted(set(first) & set(pick(conn)))
             if chosen:
                 conn.execute("DELETE FROM models WHERE name = %s AND version = ANY(%s)", (name, chosen))
-                self._touch_rm(conn, name)
+                MODELS.touch_registered_model(conn, name)
             return chosen
 
     def get_model_version(self, name, version):
@@ -350,15 +338,14 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_model_name(name)
         version = _version(version)
         with self._read(f"read model '{name}' version {version}") as conn:
-            if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, version)).fetchone():
-                raise version_not_found(name, version)
+            MODELS.require_version(conn, name, version)
         return download_uri(name, version)
 
     def search_model_versions(self, filter_string=None, max_results=None, order_by=None, page_token=None):
         sql, params, max_results, offset = search.model_versions_sql(filter_string, max_results, order_by,
                                                                      page_token)
         with self._read("search model versions") as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
         page = [model_version(r) for r in rows[:max_results]]
         return PagedList(page, search.next_page_token(len(rows), max_results, offset))
 
@@ -369,9 +356,9 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         with self._write(f"tag model '{name}' version {version}") as conn:
             if column_tags.is_column_tag(tag.key):
                 column_tags.check(tag.key, tag.value)
-                self._touch_mv(conn, name, version, f"{tag.key} = %s, ", (tag.value,))
+                MODELS.touch(conn, name, version, {tag.key: tag.value})
                 return
-            self._touch_mv(conn, name, version)
+            MODELS.touch(conn, name, version)
             conn.execute(
                 "INSERT INTO pgm_model_version_tags (name, version, key, value) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (name, version, key) DO UPDATE SET value = EXCLUDED.value",
@@ -384,9 +371,9 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_tag_name(key)
         with self._write(f"delete a tag of model '{name}' version {version}") as conn:
             if column_tags.is_column_tag(key):
-                self._touch_mv(conn, name, version, f"{key} = %s, ", (column_tags.default(key),))
+                MODELS.touch(conn, name, version, {key: column_tags.default(key)})
                 return
-            self._touch_mv(conn, name, version)
+            MODELS.touch(conn, name, version)
             conn.execute("DELETE FROM pgm_model_version_tags WHERE name = %s AND version = %s AND key = %s",
                          (name, version, key))
 
@@ -397,18 +384,17 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
         validate_alias_name_reserved(alias)
         version = _version(version)
         with self._write(f"set alias '{alias}' of '{name}'") as conn:
-            if not conn.execute("SELECT 1 FROM models WHERE name = %s AND version = %s", (name, version)).fetchone():
-                raise version_not_found(name, version)
+            MODELS.require_version(conn, name, version)
             conn.execute(
                 "INSERT INTO pgm_aliases (name, alias, version) VALUES (%s, %s, %s)"
                 " ON CONFLICT (name, alias) DO UPDATE SET version = EXCLUDED.version", (name, alias, version))
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
 
     def delete_registered_model_alias(self, name, alias):
         validate_model_name(name)
         validate_alias_name(alias)
         with self._write(f"delete alias '{alias}' of '{name}'") as conn:
-            self._touch_rm(conn, name)
+            MODELS.touch_registered_model(conn, name)
             conn.execute("DELETE FROM pgm_aliases WHERE name = %s AND alias = %s", (name, alias))
 
     def get_model_version_by_alias(self, name, alias):
@@ -418,14 +404,13 @@ class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
             if alias.lower() == "latest":
                 version = search.latest_active_version(conn, name)
                 if version is None:
-                    if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (name,)).fetchone():
-                        raise model_not_found(name)
+                    MODELS.require_registered_model(conn, name)
                     raise no_active_version(name, conn.execute(
                         "SELECT count(*) FROM models WHERE name = %s", (name,)).fetchone()[0])
                 return self._get_mv(conn, name, version)
-            row = conn.execute("SELECT version FROM pgm_aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
+            row = conn.cursor(row_factory=dict_row).execute(
+                "SELECT version FROM pgm_aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
             if row is None:
-                if not conn.execute("SELECT 1 FROM pgm_registered_models WHERE name = %s", (name,)).fetchone():
-                    raise model_not_found(name)
+                MODELS.require_registered_model(conn, name)
                 raise MlflowException(f"Registered model alias {alias} not found.", INVALID_PARAMETER_VALUE)
-            return self._get_mv(conn, name, row[0])
+            return self._get_mv(conn, name, row["version"])

@@ -1,4 +1,4 @@
-"""Writing a version: the one place a row of ``models`` is born.
+"""Writing a version: the ways a row of ``models`` is born (its SQL is built by models_table.py).
 
 The ways, one function each: :func:`upload` (the model's files, streamed by binary COPY; past
 PostgreSQL's 1 GB value limit as files in pieces), :func:`from_artifacts` (a LoggedModel or run
@@ -35,6 +35,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, TEMPORARILY_UNAVAILABLE
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels._registry import actor
 from mlflow_pgmodels._storage import archive
@@ -45,11 +47,11 @@ from mlflow_pgmodels._storage import blobs
 from mlflow_pgmodels._registry import search
 from mlflow_pgmodels._storage import stored_zip
 from mlflow_pgmodels._pg.db import batched_transaction, connection
+from mlflow_pgmodels._pg.sql_build import Expr, column
 from mlflow_pgmodels._registry.entities import MV_COLUMNS, model_not_found, model_version, version_not_found
+from mlflow_pgmodels._registry.models_table import MODELS
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-_ROW_COLUMNS = ("name", "version", "model_type", "event", "description", "source", "run_id", "run_link",
-                "model_id")
 
 
 @dataclass
@@ -164,19 +166,20 @@ def _insert_assembled_zip(conn, new: NewVersion, version: int, columns: dict[str
     Each file's pieces are checked against the SHA-256 recorded at upload: DATA_LOSS, and no row,
     when one is damaged or missing.
     """
-    values = new.row(version, columns)
-    inserted = conn.execute(
+    zip_of_blobs = Expr(sql.SQL(
         "WITH files AS (SELECT * FROM unnest(%s::bytea[], %s::bigint[]) WITH ORDINALITY AS f(header, blob_id, i)),"
         " parts AS (SELECT i, -1 AS seq, header AS data FROM files"
         "  UNION ALL SELECT f.i, p.seq, p.data FROM files f JOIN pgm_blob_pieces p ON p.blob_id = f.blob_id"
         "  UNION ALL SELECT %s::bigint, -1, %s::bytea),"
         " zip AS (SELECT string_agg(data, ''::bytea ORDER BY i, seq) AS z FROM parts),"
-        f" intact AS (SELECT bool_and({_INTACT}) AND count(*) = %s AS ok FROM files f JOIN pgm_blobs b ON b.id = f.blob_id)"
-        f" INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
-        f" SELECT {', '.join(['%s'] * len(_ROW_COLUMNS))}, z, 'mlflow-zip', encode(sha256(z), 'hex'), octet_length(z)"
-        " FROM zip, intact WHERE intact.ok RETURNING size_bytes",
+        f" intact AS (SELECT bool_and({_INTACT}) AND count(*) = %s AS ok FROM files f JOIN pgm_blobs b ON b.id = f.blob_id)"),
         ([stored_zip.local_header(m) for m in members], blob_ids, len(members) + 1, stored_zip.trailer(members),
-         len(members), *[values[c] for c in _ROW_COLUMNS])).fetchone()
+         len(members)))
+    inserted = MODELS.insert(
+        conn, {**new.row(version, columns), "model_binary": column("z"), "format": Expr(sql.SQL("'mlflow-zip'")),
+               "sha256": Expr(sql.SQL("encode(sha256(z), 'hex')")), "size_bytes": Expr(sql.SQL("octet_length(z)"))},
+        with_=zip_of_blobs, select_from=Expr(sql.SQL("FROM zip, intact WHERE intact.ok")),
+        returning=sql.SQL("size_bytes")).fetchone()
     if inserted is None:
         damaged = [m.name for m, (ok,) in zip(members, conn.execute(
             f"SELECT {_INTACT} FROM unnest(%s::bigint[]) WITH ORDINALITY AS f(blob_id, i)"
@@ -207,12 +210,8 @@ def _files_upload_writer(new: NewVersion, files: list[tuple[str, str, int]]) -> 
 def _insert_files(conn, new: NewVersion, version: int, columns: dict[str, str],
                   files: list[tuple[str, int, int, str]]) -> None:
     """Insert a ``format = 'files'`` row and its ``pgm_version_files``; ``files`` are (path, blob id, size, SHA-256)."""
-    values = new.row(version, columns)
-    conn.execute(
-        f"INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
-        f" VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}, %s, 'files', %s, %s)",
-        (*[values[c] for c in _ROW_COLUMNS], FILES_MARKER.encode(), blobs.manifest_digest(files),
-         sum(size for _, _, size, _ in files)))
+    MODELS.insert(conn, {**new.row(version, columns), "model_binary": FILES_MARKER.encode(), "format": "files",
+                         "sha256": blobs.manifest_digest(files), "size_bytes": sum(size for _, _, size, _ in files)})
     conn.cursor().executemany(
         "INSERT INTO pgm_version_files (name, version, path, blob_id, size_bytes) VALUES (%s, %s, %s, %s, %s)",
         [(new.name, version, path, blob_id, size) for path, blob_id, size, _ in files])
@@ -251,9 +250,9 @@ def transfer(uri: str, new: NewVersion, incoming: Incoming, prepare: Callable[[p
     """
     def write(conn, version: int, columns: dict[str, str]) -> None:
         if incoming.format == "mlflow-zip":
-            digest = model_binary.copy_row_with_blob(
-                conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": incoming.size},
-                "model_binary", incoming.open_zip(), incoming.size, "sha256", progress=f"Copying {new.name}")
+            digest = MODELS.copy_blob(
+                conn, {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": incoming.size},
+                incoming.open_zip(), incoming.size, progress=f"Copying {new.name}")
             _check_digest(new.name, digest, incoming.sha256)
         else:
             stored = []
@@ -281,11 +280,10 @@ def copy(uri: str, new: NewVersion, src_name: str, src_version: int) -> ModelVer
     """Register a copy of version ``src_version`` of ``src_name`` of this store as the next version of ``new.name``."""
     def write(conn, version: int, columns: dict[str, str]) -> None:
         values = new.row(version, columns)
-        copied = conn.execute(
-            f"INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
-            f" SELECT {', '.join(['%s'] * (len(_ROW_COLUMNS) - 1))}, coalesce(%s, model_id), model_binary,"
-            " format, sha256, size_bytes FROM models WHERE name = %s AND version = %s",
-            (*[values[c] for c in _ROW_COLUMNS], src_name, src_version)).rowcount
+        copied = MODELS.insert(
+            conn, {**values, "model_id": Expr(sql.SQL("coalesce(%s, model_id)"), (values["model_id"],)),
+                   **{c: column(c) for c in ("model_binary", "format", "sha256", "size_bytes")}},
+            select_from=Expr(sql.SQL("FROM models WHERE name = %s AND version = %s"), (src_name, src_version))).rowcount
         if not copied:
             raise version_not_found(src_name, src_version)
         conn.execute("INSERT INTO pgm_version_files (name, version, path, blob_id, size_bytes)"
@@ -339,16 +337,13 @@ def _blob_writer(new: NewVersion, packed: IO[bytes]) -> Callable:
         data = packed.read()
 
         def insert(conn, version: int, columns: dict[str, str]) -> None:
-            model_binary.insert_row_with_blob(
-                conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size},
-                "model_binary", data, "sha256")
+            MODELS.insert_blob(conn, {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size}, data)
         return insert
 
     @_copies
     def write(conn, version: int, columns: dict[str, str]) -> None:
-        model_binary.copy_row_with_blob(
-            conn, "models", {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size},
-            "model_binary", packed, size, "sha256", progress=f"Uploading {new.name}")
+        MODELS.copy_blob(conn, {**new.row(version, columns), "format": "mlflow-zip", "size_bytes": size},
+                         packed, size, progress=f"Uploading {new.name}")
     return write
 
 
@@ -360,11 +355,8 @@ def _copies(write_row: Callable) -> Callable:
 
 def _empty_writer(new: NewVersion) -> Callable:
     def write(conn, version: int, columns: dict[str, str]) -> None:
-        values = new.row(version, columns)
-        conn.execute(
-            f"INSERT INTO models ({', '.join(_ROW_COLUMNS)}, model_binary, format, sha256, size_bytes)"
-            f" VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}, '', 'none', %s, 0)",
-            (*[values[c] for c in _ROW_COLUMNS], _EMPTY_SHA256))
+        MODELS.insert(conn, {**new.row(version, columns), "model_binary": b"", "format": "none",
+                             "sha256": _EMPTY_SHA256, "size_bytes": 0})
     return write
 
 
@@ -399,14 +391,12 @@ def _register(uri: str, new: NewVersion, write_row: Callable, number: int | None
         except pg_errors.ForeignKeyViolation:  # the registered model was deleted or renamed meanwhile
             raise model_not_found(name) from None
         if state is None:  # the tags' subquery ran before the renumbering reached them; aliases: none yet
-            return model_version((*row[:13], [[k, v] for k, v in other_tags.items()], []))
-        conn.execute(
-            "UPDATE models SET is_active = %s, stage = %s, user_id = %s,"
-            " created_at = coalesce(to_timestamp(%s::bigint / 1000.0), created_at)"
-            " WHERE name = %s AND version = %s",
-            (state.active, state.stage, state.user_id, state.created_ms, name, row[1]))
-        row = conn.execute(f"SELECT {MV_COLUMNS} FROM models m WHERE m.name = %s AND m.version = %s",
-                           (name, row[1])).fetchone()
+            return model_version({**row, "tags": [[k, v] for k, v in other_tags.items()], "aliases": []})
+        MODELS.update(conn, name, row["version"], {
+            "is_active": state.active, "stage": state.stage, "user_id": state.user_id,
+            "created_at": Expr(sql.SQL("coalesce(to_timestamp(%s::bigint / 1000.0), created_at)"), (state.created_ms,))})
+        row = conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {MV_COLUMNS} FROM models m WHERE m.name = %s AND m.version = %s", (name, row["version"])).fetchone()
         return model_version(row)
 
 
@@ -415,16 +405,16 @@ def _transaction(conn, write_row: Callable):
     return conn.transaction() if getattr(write_row, "copies", False) else batched_transaction(conn)
 
 
-def _take_number(conn, name: str, placeholder: int, number: int | None) -> tuple:
+def _take_number(conn, name: str, placeholder: int, number: int | None) -> dict:
     """Lock the registered model's row, take the next number (or record ``number`` as taken) and
-    give it to the row written under ``placeholder``; the row (``MV_COLUMNS``)."""
+    give it to the row written under ``placeholder``; the row (``MV_COLUMNS``, by name)."""
     if number is None:
         take = ("UPDATE pgm_registered_models SET next_version = next_version + 1, last_updated_at = now()"
                 " WHERE name = %(name)s RETURNING next_version - 1 AS version")
     else:
         take = ("UPDATE pgm_registered_models SET next_version = GREATEST(next_version, %(number)s + 1),"
                 " last_updated_at = now() WHERE name = %(name)s RETURNING %(number)s::integer AS version")
-    row = conn.execute(
+    row = conn.cursor(row_factory=dict_row).execute(
         f"WITH n AS ({take}) UPDATE models m SET version = n.version FROM n"
         f" WHERE m.name = %(name)s AND m.version = %(placeholder)s RETURNING {MV_COLUMNS}",
         {"name": name, "number": number, "placeholder": placeholder}).fetchone()

@@ -91,18 +91,6 @@ def copy_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, 
     return hexdigest
 
 
-def insert_row_with_blob(conn: psycopg.Connection, table: str, columns: dict[str, Any], blob_column: str,
-                         blob: bytes, digest_column: str) -> str:
-    """Insert one row with a small ``blob`` (a binary parameter) and its SHA-256; returns the digest."""
-    hexdigest = hashlib.sha256(blob).hexdigest()
-    values = {**columns, blob_column: blob, digest_column: hexdigest}
-    query = psycopg.sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        psycopg.sql.Identifier(table), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, values)),
-        psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(values)))
-    conn.execute(query, [int(v) if isinstance(v, Int4) else v for v in values.values()])
-    return hexdigest
-
-
 def read_blob(conn: psycopg.Connection, name: str, version: int, size: int, out: IO[bytes],
               progress: str | None = None) -> tuple[str, int]:
     """Write one version's ``model_binary`` into ``out`` in chunks; returns (SHA-256, bytes read)."""
