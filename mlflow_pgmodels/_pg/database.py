@@ -39,10 +39,10 @@ class Database:
     """One database URI as this process sees it: its pool, the WAL position seen, its standby state,
     whether its schema is ready. Made by :class:`Databases`; :meth:`close` ends it.
 
-    Thread safety: the fields below are read and written only under ``self._lock``, which is never
-    held while waiting on the server (nor while taking another lock). The schema's first-use check
-    is serialised by :attr:`schema_setup` instead, which may be held across queries; it is always
-    taken before, never while holding, ``self._lock``.
+    Thread safety, one rule: its fields are read and written only under ``self._lock``, held for a
+    step that never waits on the server (making the pool object is one: it connects to nothing).
+    The schema's first-use check is serialised by :attr:`schema_setup` instead, held across its
+    queries; it is taken before ``self._lock``, never while holding it.
     """
 
     def __init__(self, uri: str, open_pool: Callable[[str], Pool]) -> None:
@@ -75,11 +75,12 @@ class Database:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` ended this Database."""
         with self._lock:
             return self._closed
 
     def close(self) -> None:
-        """Close the pool (connections in use close when given back) and forget what was seen here."""
+        """Close the pool (connections in use close when given back); the Database is not used again."""
         with self._lock:
             pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
@@ -103,17 +104,18 @@ class Database:
                         track_position: bool) -> Iterator[psycopg.Connection]:
         """A connection to ``standby`` once it has replayed all this process saw here (waiting at
         most ``wait()`` seconds), else (unreachable, behind, or None) one of :meth:`connection`."""
-        conn = standby.caught_up(what, self.seen, wait) if standby is not None else None
-        if conn is None:
+        got = standby.caught_up(what, self.seen, wait) if standby is not None else None
+        if got is None:
             with self.connection(what, track_position) as conn:
                 yield conn
             return
+        pool, conn = got
         with translate_errors(what, standby.uri):
             try:
                 yield conn
                 self.saw(wal_position(conn))
             finally:
-                standby.pool.put(conn)
+                pool.put(conn)
 
     # ------------------------------------------------------------------ the WAL position seen
     @property
@@ -148,8 +150,10 @@ class Database:
         with self._lock:
             self._standby = value
 
-    def caught_up(self, what: str, position: int, wait: Callable[[], float]) -> psycopg.Connection | None:
-        """A connection whose server has replayed up to ``position``; None if unreachable or behind.
+    def caught_up(self, what: str, position: int,
+                  wait: Callable[[], float]) -> tuple[Pool, psycopg.Connection] | None:
+        """A connection (and its pool) whose server has replayed up to ``position``; None if
+        unreachable or behind.
         A standby found lagging last time is checked without waiting; one found unreachable is not
         tried again for :data:`STANDBY_RETRY` seconds."""
         with self._lock:
@@ -165,7 +169,7 @@ class Database:
         try:
             if _replayed(conn, position, 0.0 if state is None else wait()):
                 self.mark_standby("usable")
-                return conn
+                return pool, conn
             self.mark_standby("lagging")
         except psycopg.Error:
             self.mark_standby("unreachable")
