@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from mlflow_pgmodels._cache import locks
 
+
 class ProcessPins:
     """This process as a user of caches: its owner name, the owner file it holds locked in each cache
     root, and the entries it pins.

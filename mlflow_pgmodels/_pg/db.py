@@ -268,8 +268,13 @@ def read_connection(uri: str, what: str = "read the model database") -> Iterator
     """
     read_uri = _settings.READ_URI.get()
     standby = databases.get(read_uri) if read_uri and read_uri != uri else None
-    with databases.get(uri).read_connection(standby, what, _settings.READ_WAIT.get, bool(read_uri)) as conn:
+    with databases.get(uri).read_connection(standby, what, _read_wait, bool(read_uri)) as conn:
         yield conn
+
+
+def _read_wait() -> float:
+    """Seconds a read waits for the standby (read only when it is asked to wait)."""
+    return _settings.READ_WAIT.get()
 
 
 def catch_up(uri: str) -> None:
