@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_pgmodels._pg.route import ROUTER, Database
+from mlflow_pgmodels._pg.route import ROUTER, DatabaseRoute
 from mlflow_pgmodels._storage import artifact_root
 from mlflow_pgmodels._storage import artifacts
 
@@ -32,7 +32,7 @@ class RunArtifactRepository(ArtifactRepository):
         super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.root = artifacts.root_key(artifact_uri)
         where = ROUTER.route(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
-        if isinstance(where, Database):
+        if isinstance(where, DatabaseRoute):
             self._backend: _InDatabase | _ThroughServer = _InDatabase(self.root, where.uri, artifact_uri)
         else:
             self._backend = _ThroughServer(self.root, where.url if where else None, artifact_uri)

@@ -24,7 +24,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 from mlflow_pgmodels._cache import cache
 from mlflow_pgmodels._cache.fetch import VIRTUAL_ARCHIVE, VIRTUAL_DIGEST, VIRTUAL_DIR, DatabaseSource, ServerSource
-from mlflow_pgmodels._pg.route import ROUTER, Database, Server
+from mlflow_pgmodels._pg.route import ROUTER, DatabaseRoute, ServerRoute
 from mlflow_pgmodels._pg.uri import download_uri, parse_download_uri, parse_model_root
 
 
@@ -53,9 +53,9 @@ class VersionArtifactRepository(ArtifactRepository):
     # --- where the bytes come from -------------------------------------------------------
     def _source(self) -> DatabaseSource | ServerSource:
         where = ROUTER.route(self.artifact_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        if isinstance(where, Database):
+        if isinstance(where, DatabaseRoute):
             return DatabaseSource(where.uri)
-        if isinstance(where, Server):
+        if isinstance(where, ServerRoute):
             return ServerSource(where.url)
         raise MlflowException(
             f"Cannot download {self.artifact_uri}: no pgmodels:// registry URI or MLflow server is "

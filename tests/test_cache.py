@@ -43,8 +43,7 @@ def model_bytes_read(db) -> int:
     Backends report their statistics when they end, so this process's pooled connections are
     closed first and the count is taken once they are gone.
     """
-    for pool in list(pgdb._pools.values()):
-        pool.discard_idle()
+    pgdb.databases.close_all()
     for _ in range(500):
         if not db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                       " AND application_name = 'mlflow-pgmodels'")[0][0]:

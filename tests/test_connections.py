@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels._pg.db import connection
+from mlflow_pgmodels._pg.db import READ_URI_ENV, connection, databases, read_connection
+from mlflow_pgmodels._pg.embedded import free_port
 from mlflow_pgmodels.tracking_store import build_tracking_store
 from tests import sample
 from tests.mlflow_server import mlflow_server
@@ -80,6 +81,68 @@ def test_a_bad_pool_setting_is_refused_naming_it(db, monkeypatch, env, value):
         MlflowClient(registry_uri=db.uri).search_registered_models()
     assert e.value.error_code == "INVALID_PARAMETER_VALUE"
     assert f"{env}={value!r} is not a positive" in e.value.message
+
+
+# ---------------------------------------------------------------------- the state of a URI
+def test_closing_the_databases_ends_their_connections_and_the_next_call_opens_afresh(db):
+    client = MlflowClient(registry_uri=db.uri)
+    client.create_registered_model("churn")
+    assert _our_backends(db) == 1  # idle in the pool
+    database = databases.get(db.uri)
+
+    databases.close_all()
+
+    for _ in range(500):
+        if not _our_backends(db):
+            break
+        time.sleep(0.01)
+    assert _our_backends(db) == 0
+    assert database.closed and databases.get(db.uri) is not database
+    with pytest.raises(MlflowException, match="closed") as e, database.connection("use it", False):
+        pass
+    assert e.value.error_code == "INTERNAL_ERROR"
+    assert client.get_registered_model("churn").name == "churn"
+
+
+def test_threads_reading_past_an_unreachable_standby_leave_one_consistent_state(db, monkeypatch):
+    """The standby's state and the WAL position seen are changed under one lock: threads that read
+    (falling back to the primary) and write at once end with the standby skipped for a while and
+    the highest position any of them saw remembered."""
+    read_uri = f"pgmodels://postgres@127.0.0.1:{free_port()}/{db.name}"  # nothing listens there
+    monkeypatch.setenv(READ_URI_ENV, read_uri)
+    written: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        try:
+            start.wait(timeout=60)
+            for _ in range(10):
+                with read_connection(db.uri) as conn:
+                    assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+                with connection(db.uri) as conn:
+                    conn.execute("SELECT txid_current()")  # commits a transaction: the WAL moves on
+                    written.append(_lsn(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]))
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            failures.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert failures == []
+    assert databases.get(read_uri).standby_state == "unreachable"
+    seen = databases.get(db.uri).seen
+    with connection(db.uri) as conn:
+        now = _lsn(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])
+    assert max(written) <= seen <= now
+
+
+def _lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 # ---------------------------------------------------------------------- keepalives

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_pgmodels._pg.route import Database, Router, Server, resolve_uri
+from mlflow_pgmodels._pg.route import DatabaseRoute, Router, ServerRoute, resolve_uri
 from mlflow_pgmodels.run_artifact_repo import RunArtifactRepository
 from mlflow_pgmodels.version_artifact_repo import VersionArtifactRepository
 from tests import sample
@@ -23,8 +23,8 @@ VERSION = "pgmodels:/churn/1"
 # --- a pgmodels:// store URI: always that database --------------------------------------------
 def test_a_store_uri_is_that_database_whatever_else_is_configured(db):
     mlflow.set_tracking_uri(SERVER)
-    assert Router(IN_SERVER).route(db.uri, tracking_uri=SERVER) == Database(db.uri)
-    assert Database(db.uri).conninfo.startswith("postgresql://")
+    assert Router(IN_SERVER).route(db.uri, tracking_uri=SERVER) == DatabaseRoute(db.uri)
+    assert DatabaseRoute(db.uri).conninfo.startswith("postgresql://")
 
 
 # --- commands and helpers: --uri / uri=, else the environment, never a server -----------------
@@ -58,37 +58,37 @@ def version(client, db, tmp_path):
 
 def test_a_version_is_read_from_the_registry_database(version):
     router = Router({})
-    assert router.route(VERSION, registry_uri=version.uri, tracking_uri=SERVER) == Database(version.uri)
+    assert router.route(VERSION, registry_uri=version.uri, tracking_uri=SERVER) == DatabaseRoute(version.uri)
     files = VersionArtifactRepository(VERSION, registry_uri=version.uri, tracking_uri=SERVER).list_artifacts()
     assert "MLmodel" in [f.path for f in files]
 
 
 def test_mlflow_s_registry_uri_and_then_the_given_tracking_uri_count_for_a_version(version):
     mlflow.set_tracking_uri(version.uri)  # MLflow's registry URI defaults to its tracking URI
-    assert Router({}).route(VERSION) == Database(version.uri)
+    assert Router({}).route(VERSION) == DatabaseRoute(version.uri)
     assert "MLmodel" in [f.path for f in VersionArtifactRepository(VERSION).list_artifacts()]
     mlflow.set_tracking_uri(None)
-    assert Router({}).route(VERSION, tracking_uri=version.uri) == Database(version.uri)
+    assert Router({}).route(VERSION, tracking_uri=version.uri) == DatabaseRoute(version.uri)
 
 
 def test_a_version_with_only_a_server_known_goes_through_it():
-    assert Router({}).route(VERSION, registry_uri=SERVER) == Server(SERVER)
-    assert Router({}).route(VERSION, tracking_uri=SERVER) == Server(SERVER)
+    assert Router({}).route(VERSION, registry_uri=SERVER) == ServerRoute(SERVER)
+    assert Router({}).route(VERSION, tracking_uri=SERVER) == ServerRoute(SERVER)
     mlflow.set_registry_uri(OTHER_SERVER)
-    assert Router({}).route(VERSION) == Server(OTHER_SERVER)
-    assert Router({}).route(VERSION, tracking_uri=SERVER) == Server(SERVER)  # the given URI first
+    assert Router({}).route(VERSION) == ServerRoute(OTHER_SERVER)
+    assert Router({}).route(VERSION, tracking_uri=SERVER) == ServerRoute(SERVER)  # the given URI first
 
 
 def test_a_database_anywhere_wins_over_a_server(version):
     mlflow.set_registry_uri(version.uri)
-    assert Router({}).route(VERSION, registry_uri=SERVER) == Database(version.uri)
+    assert Router({}).route(VERSION, registry_uri=SERVER) == DatabaseRoute(version.uri)
 
 
 def test_inside_mlflow_server_a_version_comes_from_the_server_s_registry_store():
     router = Router(IN_SERVER)
     assert router.in_server() and router.server_database() == "pgmodels://backend/db"
-    assert router.route(VERSION) == Database("pgmodels://reg/db")
-    assert router.route(VERSION, registry_uri="pgmodels://given/db") == Database("pgmodels://given/db")
+    assert router.route(VERSION) == DatabaseRoute("pgmodels://reg/db")
+    assert router.route(VERSION, registry_uri="pgmodels://given/db") == DatabaseRoute("pgmodels://given/db")
 
 
 def test_nothing_known_is_no_answer_and_the_repository_says_what_to_set():
@@ -109,33 +109,33 @@ def run_files(client, db):
 
 
 def test_run_files_are_read_from_the_tracking_database(db, run_files):
-    assert Router({}).route(run_files, tracking_uri=db.uri) == Database(db.uri)
+    assert Router({}).route(run_files, tracking_uri=db.uri) == DatabaseRoute(db.uri)
     assert [f.path for f in RunArtifactRepository(run_files, tracking_uri=db.uri).list_artifacts()] == ["notes.txt"]
 
 
 def test_run_files_of_a_server_client_with_a_registry_database_are_read_from_that_database(db, run_files):
     # registering a model from a run through a server: the registry store reads the run's files
-    assert Router({}).route(run_files, tracking_uri=SERVER, registry_uri=db.uri) == Database(db.uri)
+    assert Router({}).route(run_files, tracking_uri=SERVER, registry_uri=db.uri) == DatabaseRoute(db.uri)
     repo = RunArtifactRepository(run_files, tracking_uri=SERVER, registry_uri=db.uri)
     assert [f.path for f in repo.list_artifacts()] == ["notes.txt"]
 
 
 def test_inside_mlflow_server_run_files_come_from_its_backend_then_its_registry_store():
-    assert Router(IN_SERVER).route(RUN_FILES) == Database("pgmodels://backend/db")
+    assert Router(IN_SERVER).route(RUN_FILES) == DatabaseRoute("pgmodels://backend/db")
     registry_only = {**IN_SERVER, "_MLFLOW_SERVER_FILE_STORE": "sqlite:///mlflow.db"}
-    assert Router(registry_only).route(RUN_FILES) == Database("pgmodels://reg/db")
-    assert Router(IN_SERVER).route(RUN_FILES, tracking_uri="pgmodels://given/db") == Database("pgmodels://given/db")
+    assert Router(registry_only).route(RUN_FILES) == DatabaseRoute("pgmodels://reg/db")
+    assert Router(IN_SERVER).route(RUN_FILES, tracking_uri="pgmodels://given/db") == DatabaseRoute("pgmodels://given/db")
 
 
 def test_run_files_go_through_the_tracking_server_only():
-    assert Router({}).route(RUN_FILES, tracking_uri=SERVER) == Server(SERVER)
+    assert Router({}).route(RUN_FILES, tracking_uri=SERVER) == ServerRoute(SERVER)
     assert Router({}).route(RUN_FILES, registry_uri=SERVER) is None  # run files are the tracking server's
 
 
 def test_the_tracking_store_this_process_built_serves_run_files_with_no_uri_given(db, run_files):
     router = Router({})
     router.remember_store(db.uri)  # what building a pgmodels:// tracking store does (mlflow gc)
-    assert router.route(run_files) == Database(db.uri)
+    assert router.route(run_files) == DatabaseRoute(db.uri)
     # the client that logged the run built one for db: the process's router knows it
     assert [f.path for f in RunArtifactRepository(run_files).list_artifacts()] == ["notes.txt"]
 
@@ -144,13 +144,13 @@ def test_a_client_with_a_server_never_falls_back_to_a_store_built_before():
     router = Router({})
     router.remember_store("pgmodels://used/before")
     mlflow.set_tracking_uri(SERVER)
-    assert router.route(RUN_FILES) == Server(SERVER)
+    assert router.route(RUN_FILES) == ServerRoute(SERVER)
     # Decided two ways before the router: "goes through a server" was judged on the first tracking
     # URI only, the server on either; a given tracking URI that is neither database nor server (a
     # file or sqlite store) then sent the files to the database this process had used before.
-    assert router.route(RUN_FILES, tracking_uri="sqlite:///other.db") == Server(SERVER)
+    assert router.route(RUN_FILES, tracking_uri="sqlite:///other.db") == ServerRoute(SERVER)
     mlflow.set_tracking_uri(None)
-    assert router.route(RUN_FILES, tracking_uri="sqlite:///other.db") == Database("pgmodels://used/before")
+    assert router.route(RUN_FILES, tracking_uri="sqlite:///other.db") == DatabaseRoute("pgmodels://used/before")
 
 
 def test_a_bad_path_is_refused_before_any_server_is_asked():

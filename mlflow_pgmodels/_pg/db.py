@@ -1,4 +1,6 @@
-"""Connections to the model database, and PostgreSQL errors turned into MlflowExceptions."""
+"""Connections to the model database: how each is made and pooled, and the front doors
+(:func:`connection`, :func:`read_connection`) to the :class:`~mlflow_pgmodels._pg.database.Database`
+of a URI in :data:`databases`. PostgreSQL errors become MlflowExceptions (``errors.py``)."""
 
 from __future__ import annotations
 
@@ -6,25 +8,23 @@ import contextlib
 import logging
 import os
 import select
-import threading
 import time
 from collections.abc import Iterator
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INTERNAL_ERROR,
-    INVALID_PARAMETER_VALUE,
-    PERMISSION_DENIED,
-    RESOURCE_ALREADY_EXISTS,
-    TEMPORARILY_UNAVAILABLE,
-)
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from mlflow_pgmodels import _settings
+from mlflow_pgmodels._pg.database import Database, Databases
+from mlflow_pgmodels._pg.errors import GOVERNANCE_PREFIX, translate_errors
 from mlflow_pgmodels._pg.uri import redact, to_conninfo
+
+__all__ = ["GOVERNANCE_PREFIX", "Database", "batched_transaction", "behind_transaction_pooler", "catch_up",
+           "connect_kwargs", "connection", "databases", "for_poolers", "quiet_aborted_pipelines",
+           "read_connection", "require_session", "translate_errors"]
 
 POOL_MAX_SIZE_ENV = _settings.POOL_MAX_SIZE.name
 POOL_TIMEOUT_ENV = _settings.POOL_TIMEOUT.name
@@ -33,8 +33,6 @@ READ_WAIT_ENV = _settings.READ_WAIT.name
 # A dead peer is noticed after about idle + interval × count = 60 s instead of the kernel's ~15 min.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _POOL_NAME = "mlflow-pgmodels"
-# How the governance triggers (sql/pgmodels_governance.sql) start their messages.
-GOVERNANCE_PREFIX = "pgmodels governance: "
 # How often a waiting call looks whether the pool failed to connect (so it fails fast, not at the timeout).
 _WAIT_SLICE = 0.2
 
@@ -108,7 +106,6 @@ class _Pool:
         self.max_size = _settings.POOL_MAX_SIZE.get()
         self.timeout = _settings.POOL_TIMEOUT.get()
         self._conninfo = conninfo
-        self._lock = threading.Lock()
         self._failure: tuple[float, str] | None = None
         self._connection_class = type("PooledConnection", (_PooledConnection,),
                                       {"on_failure": staticmethod(self._failed)})
@@ -160,11 +157,9 @@ class _Pool:
             conn.close()
         conn.home.putconn(conn)
 
-    def discard_idle(self) -> None:
-        """Close the idle connections (e.g. so that their backends report statistics); a new pool follows."""
-        with self._lock:
-            old, self.pool = self.pool, self._open()
-        old.close()
+    def close(self) -> None:
+        """Close the pool: its idle connections now, those in use when they are given back."""
+        self.pool.close()
 
     def _exhausted(self, what: str, uri: str) -> MlflowException:
         return MlflowException(
@@ -198,10 +193,6 @@ class _OurPoolNoise(logging.Filter):
             isinstance(a, _PooledConnection) or a == _POOL_NAME for a in args))
 
 
-_pools: dict[tuple[int, str], _Pool] = {}
-_pools_lock = threading.Lock()
-
-
 def quiet_aborted_pipelines() -> None:
     """Drop psycopg's "error ignored terminating <Pipeline …>: pipeline aborted" warnings.
 
@@ -222,18 +213,16 @@ class _AbortedPipelineFilter(logging.Filter):
                     message.endswith("pipeline aborted"))
 
 
-def _pool(uri: str) -> _Pool:
-    # keyed by pid: a forked child must never share its parent's sockets
-    key = (os.getpid(), uri)
-    with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            logger = logging.getLogger("psycopg.pool")
-            if not any(isinstance(f, _OurPoolNoise) for f in logger.filters):
-                logger.addFilter(_OurPoolNoise())
-            quiet_aborted_pipelines()
-            pool = _pools[key] = _Pool(to_conninfo(uri))
-        return pool
+def _open_pool(uri: str) -> _Pool:
+    logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(f, _OurPoolNoise) for f in logger.filters):
+        logger.addFilter(_OurPoolNoise())
+    quiet_aborted_pipelines()
+    return _Pool(to_conninfo(uri))
+
+
+# The Database (pool, WAL position seen, standby state, schema state) of each URI in this process.
+databases = Databases(_open_pool)
 
 
 @contextlib.contextmanager
@@ -243,16 +232,10 @@ def connection(uri: str, what: str = "use the model database") -> Iterator[psyco
     Use ``with conn.transaction():`` for anything that must be atomic. Errors come out as
     MlflowExceptions (see :func:`translate_errors`).
     """
-    with translate_errors(what, uri):
-        standby = _settings.READ_URI.get()  # before the block runs: a bad value refuses it, not its end
-        pool = _pool(uri)
-        conn = pool.get(what, uri)
-        try:
-            yield conn
-            if standby:
-                _remember(uri, _position(conn))
-        finally:
-            pool.put(conn)
+    standby = _settings.READ_URI.get()  # before the block runs: a bad value refuses it, not its end
+    # with a standby, connections remember the WAL position they saw (see read_connection)
+    with databases.get(uri).connection(what, bool(standby)) as conn:
+        yield conn
 
 
 @contextlib.contextmanager
@@ -284,23 +267,14 @@ def read_connection(uri: str, what: str = "read the model database") -> Iterator
     ``MLFLOW_PGMODELS_READ_WAIT`` seconds for it.
     """
     read_uri = _settings.READ_URI.get()
-    if read_uri and read_uri != uri:
-        pool = _pool(read_uri)
-        conn = _caught_up(pool, what, read_uri, _seen.get(uri, 0))
-        if conn is not None:
-            with translate_errors(what, read_uri):
-                try:
-                    yield conn
-                    _remember(uri, _position(conn))
-                finally:
-                    pool.put(conn)
-            return
-    with connection(uri, what) as conn:
+    standby = databases.get(read_uri) if read_uri and read_uri != uri else None
+    with databases.get(uri).read_connection(standby, what, _read_wait, bool(read_uri)) as conn:
         yield conn
 
 
-_seen: dict[str, int] = {}  # store URI -> the highest WAL position this process wrote or read there
-_seen_lock = threading.Lock()
+def _read_wait() -> float:
+    """Seconds a read waits for the standby (read only when it is asked to wait)."""
+    return _settings.READ_WAIT.get()
 
 
 def catch_up(uri: str) -> None:
@@ -310,119 +284,3 @@ def catch_up(uri: str) -> None:
     if _settings.READ_URI.get():
         with connection(uri, "read the primary's WAL position"):
             pass  # connection() remembers the position it saw
-
-
-def _position(conn: psycopg.Connection) -> int:
-    """The WAL position of what ``conn`` sees: replayed on a standby, written on a primary."""
-    lsn = conn.execute("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-                       " ELSE pg_current_wal_insert_lsn() END").fetchone()[0]
-    high, _, low = (lsn or "0/0").partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def _remember(uri: str, position: int) -> None:
-    with _seen_lock:
-        _seen[uri] = max(_seen.get(uri, 0), position)
-
-
-# read URI -> until when it is not tried again (it could not be reached), or None while it lags
-# (then a read checks it without waiting, so that a standby far behind costs one round trip, not the wait)
-_standby_skip: dict[str, float | None] = {}
-_STANDBY_RETRY = 5.0  # seconds before an unreachable read URI is tried again
-
-
-def _caught_up(pool: _Pool, what: str, read_uri: str, position: int) -> psycopg.Connection | None:
-    """A connection of ``pool`` whose server has reached ``position``; None if it is unreachable or behind."""
-    skip = _standby_skip.get(read_uri, 0.0)
-    if skip and time.monotonic() < skip:
-        return None
-    try:
-        conn = pool.get(what, read_uri)
-    except (psycopg.Error, MlflowException):
-        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
-        return None
-    try:
-        wait = 0.0 if read_uri in _standby_skip and skip is None else \
-            _settings.READ_WAIT.get()
-        if _replayed(conn, position, wait):
-            _standby_skip.pop(read_uri, None)
-            return conn
-        _standby_skip[read_uri] = None
-    except psycopg.Error:
-        _standby_skip[read_uri] = time.monotonic() + _STANDBY_RETRY
-    pool.put(conn)
-    return None
-
-
-def _replayed(conn: psycopg.Connection, position: int, wait: float) -> bool:
-    """Whether ``conn``'s server reaches ``position`` within ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while _position(conn) < position:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-@contextlib.contextmanager
-def translate_errors(what: str, uri: str | None = None) -> Iterator[None]:
-    """Turn psycopg errors into MlflowExceptions with MLflow error codes and no secrets."""
-    try:
-        yield
-    except MlflowException:
-        raise
-    except pg_errors.InsufficientPrivilege as e:
-        if e.diag.message_primary and e.diag.message_primary.startswith(GOVERNANCE_PREFIX):
-            # a rule of sql/pgmodels_governance.sql: its message names the rule and the role it needs
-            raise MlflowException(
-                f"Permission denied: {redact(e.diag.message_primary.removeprefix(GOVERNANCE_PREFIX))}. "
-                "Nothing was changed (see docs/governance.md).",
-                error_code=PERMISSION_DENIED,
-            ) from None
-        raise MlflowException(
-            f"Permission denied: the database role cannot {what} ({_clean(e)}). "
-            "Connect with a role that has the rights for it (see sql/roles.sql).",
-            error_code=PERMISSION_DENIED,
-        ) from None
-    except pg_errors.UniqueViolation as e:
-        raise MlflowException(f"Cannot {what}: it already exists ({_clean(e)})",
-                              error_code=RESOURCE_ALREADY_EXISTS) from None
-    except (pg_errors.DataError, pg_errors.IntegrityError, psycopg.DataError) as e:
-        raise MlflowException(f"Cannot {what}: invalid value ({_clean(e)})",
-                              error_code=INVALID_PARAMETER_VALUE) from None
-    except pg_errors.ReadOnlySqlTransaction as e:
-        # a standby, or a primary being demoted: during a failover, until the URI reaches the new primary
-        raise MlflowException(
-            f"Cannot {what}: the database server is read-only now ({_clean(e)}): a standby, or a failover "
-            "is under way. Writes need the primary: list it in the URI with target_session_attrs=read-write "
-            "(pgmodels://host1,host2/db?target_session_attrs=read-write); the call can be retried.",
-            error_code=TEMPORARILY_UNAVAILABLE,
-        ) from None
-    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
-        # (class 40, not subclasses of TransactionRollback in psycopg.) MLflow's own store says
-        # TEMPORARILY_UNAVAILABLE with "deadlock" in the message, and retries on exactly that.
-        raise MlflowException(
-            f"Cannot {what}: the change collided with a concurrent change of the same data "
-            f"(deadlock or serialization failure: {_clean(e)}) and was rolled back; nothing was "
-            "changed and the call can be retried.",
-            error_code=TEMPORARILY_UNAVAILABLE,
-        ) from None
-    except pg_errors.ProgramLimitExceeded as e:
-        # an OperationalError in psycopg's classes, but about the value, not the connection
-        raise MlflowException(f"Cannot {what}: a value is too large for the database ({_clean(e)})",
-                              error_code=INVALID_PARAMETER_VALUE) from None
-    except psycopg.OperationalError as e:
-        where = f" at {redact(uri)}" if uri else ""
-        raise MlflowException(
-            f"Cannot {what}: the model database{where} is not reachable or the connection was "
-            f"lost ({_clean(e)}). Check that PostgreSQL is running and the URI is right; "
-            "the call can be retried.",
-            error_code=TEMPORARILY_UNAVAILABLE,
-        ) from None
-    except psycopg.Error as e:
-        raise MlflowException(f"Cannot {what}: database error ({_clean(e)})",
-                              error_code=INTERNAL_ERROR) from None
-
-
-def _clean(exc: BaseException) -> str:
-    return redact(" ".join(str(exc).split()))

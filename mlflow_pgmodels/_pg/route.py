@@ -1,7 +1,7 @@
 """Which database, or which MLflow server: where the things a URI names are read and written.
 
 Every entry point asks :data:`ROUTER` (commands and helpers through :func:`resolve_uri`); the
-answer is a :class:`Database` (a ``pgmodels://`` URI), a :class:`Server` (an MLflow server's
+answer is a :class:`DatabaseRoute` (a ``pgmodels://`` URI), a :class:`ServerRoute` (an MLflow server's
 ``http(s)://`` address) or None (neither is known: the caller says what to configure).
 
 What the URI names decides whose URIs count, first to last (:data:`ORDER`):
@@ -36,7 +36,7 @@ from mlflow_pgmodels._mlflow import SERVER_BACKEND_STORE_ENV, SERVER_REGISTRY_ST
 from mlflow_pgmodels._pg.uri import ARTIFACTS_SCHEME, SCHEME, URI_HELP, is_pgmodels_uri, to_conninfo
 
 @dataclass(frozen=True)
-class Database:
+class DatabaseRoute:
     """The database at ``uri`` (``pgmodels://``), reached directly."""
 
     uri: str
@@ -48,7 +48,7 @@ class Database:
 
 
 @dataclass(frozen=True)
-class Server:
+class ServerRoute:
     """The MLflow server at ``url`` (``http(s)://``), reached through its REST API."""
 
     url: str
@@ -112,14 +112,14 @@ class Router:
 
     # --- the answer ----------------------------------------------------------------------------
     def route(self, uri: str | None, *, tracking_uri: str | None = None,
-              registry_uri: str | None = None) -> Database | Server | None:
+              registry_uri: str | None = None) -> DatabaseRoute | ServerRoute | None:
         """Where what ``uri`` names lives: a database, a server, or None when neither is known.
 
         ``tracking_uri`` / ``registry_uri``: the URIs given with the request (an artifact
         repository's); the rest comes from the process (see the module's docstring).
         """
         if is_pgmodels_uri(uri):
-            return Database(uri)
+            return DatabaseRoute(uri)
         import mlflow  # here: this module loads while `import mlflow` runs
 
         env = self._environ
@@ -139,8 +139,8 @@ class Router:
         server = next((u for u in (candidates[name]() for name in servers) if _is_server(u)), None)
         database = next((u for u in (candidates[name]() for name in databases) if is_pgmodels_uri(u)), None)
         if database is not None:
-            return Database(database)
-        return Server(server) if server else None
+            return DatabaseRoute(database)
+        return ServerRoute(server) if server else None
 
 
 def kind(uri: str | None) -> str:
@@ -167,7 +167,7 @@ def resolve_uri(uri: str | None) -> str:
     """The database of a command or helper: ``uri`` if it is ``pgmodels://``, else
     MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI if ``pgmodels://``."""
     found = ROUTER.route(uri if is_pgmodels_uri(uri) else None)
-    if isinstance(found, Database):
+    if isinstance(found, DatabaseRoute):
         return found.uri
     raise MlflowException.invalid_parameter_value(
         f"No model database given: pass --uri {URI_HELP.split(';')[0]} or set "

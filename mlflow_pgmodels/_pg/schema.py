@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
 from psycopg import errors as pg_errors
 
-from mlflow_pgmodels._pg.db import connection
+from mlflow_pgmodels._pg.db import connection, databases
 from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.uri import redact
 
@@ -31,9 +30,6 @@ LOCK_TIMEOUT_ENV = _settings.LOCK_TIMEOUT.name
 # (the version tags of the same names: _registry/column_tags.py; webhook payloads leave them out).
 SEED_COLUMN_DEFAULTS = {"event": "default", "model_type": "unspecified"}
 
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-_as_found: set[str] = set()  # URIs whose seed-era models table is read as it is (see ensure_schema)
 _log = logging.getLogger(__name__)
 
 
@@ -132,11 +128,13 @@ def ensure_schema(uri: str) -> None:
     table is then read as it is (:func:`read_as_found`), an older pgmodels schema as it stands;
     writes need the upgrade, which the table's owner runs (``mlflow-pgmodels db upgrade``).
     """
-    if uri in _ready:
+    database = databases.get(uri)
+    if database.schema_ready:
         return
-    with _ready_lock:
-        if uri in _ready:
+    with database.schema_setup:
+        if database.schema_ready:
             return
+        as_found = False
         with connection(uri, "create the pgmodels schema") as conn:
             version = installed_version(conn)
             if version is None or version < SCHEMA_VERSION:
@@ -146,12 +144,13 @@ def ensure_schema(uri: str) -> None:
                     if version is None and not _seed_table_exists(conn):
                         raise
                     _read_as_it_is(uri, version, e)
-        _ready.add(uri)
+                    as_found = version is None
+        database.schema_checked(as_found)
 
 
 def read_as_found(uri: str) -> bool:
     """Whether ``uri``'s database has the seed's ``models`` table only, which this role may not upgrade."""
-    return uri in _as_found
+    return databases.get(uri).as_found
 
 
 def seed_era_is_read_only(what: str, uri: str) -> MlflowException:
@@ -168,8 +167,6 @@ def _seed_table_exists(conn: psycopg.Connection) -> bool:
 
 
 def _read_as_it_is(uri: str, version: int | None, error: psycopg.Error) -> None:
-    if version is None:
-        _as_found.add(uri)
     what = "the seed's models table" if version is None else f"pgmodels schema version {version}"
     _log.warning(
         "%s cannot be upgraded to pgmodels schema version %s by this connection (%s): reading it as it "
