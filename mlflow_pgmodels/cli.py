@@ -15,13 +15,14 @@ from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.uri import URI_HELP, redact
 
+
 def _db(args: argparse.Namespace) -> int:
     from mlflow_pgmodels import _mlflow
     from mlflow_pgmodels._pg import mlflow_schema
     from mlflow_pgmodels._pg.db import connection
     from mlflow_pgmodels._pg.schema import SCHEMA_VERSION, schema_lock, upgrade
-    from mlflow_pgmodels.tracking_store import build_tracking_store
     from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
+    from mlflow_pgmodels.tracking_store import build_tracking_store
 
     uri = resolve_uri(args.uri)
     with connection(uri, f"{args.action} the schema") as conn:
@@ -116,12 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("action", choices=["status", "stop"])
     embedded.set_defaults(func=_embedded)
 
-    from mlflow_pgmodels._commands import governance
-    from mlflow_pgmodels._commands import import_registry
-    from mlflow_pgmodels._commands import lifecycle
-    from mlflow_pgmodels._commands import migrate
-    from mlflow_pgmodels._commands import promote
-    from mlflow_pgmodels._commands import webhooks
+    from mlflow_pgmodels._commands import governance, import_registry, lifecycle, migrate, promote, webhooks
 
     migrate.add_parser(sub)
     import_registry.add_parser(sub)

@@ -29,12 +29,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels import _mlflow
-from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.reads import read_connection
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.uri import redact
 from mlflow_pgmodels._registry.entities import ACTIVE_SQL
 from mlflow_pgmodels._registry.search import latest_active_version
-from mlflow_pgmodels._pg.uri import redact
 
 _mlflow.require()  # an MLflow without what this package needs fails here, saying what to do
 

@@ -31,12 +31,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, ErrorCode
 
 from mlflow_pgmodels import _mlflow
-from mlflow_pgmodels._pg.db import catch_up, require_session, translate_errors
 from mlflow_pgmodels._cache.fetch import DatabaseSource
 from mlflow_pgmodels._events.history import CHANNEL, parse_notification
-from mlflow_pgmodels._registry.store import PgModelsRegistryStore
+from mlflow_pgmodels._pg.db import catch_up, require_session, translate_errors
 from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.uri import redact, to_conninfo
+from mlflow_pgmodels._registry.store import PgModelsRegistryStore
 
 _mlflow.require()
 

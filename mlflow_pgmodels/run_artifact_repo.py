@@ -19,8 +19,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 from mlflow_pgmodels._pg.route import ROUTER, DatabaseRoute
-from mlflow_pgmodels._storage import artifact_root
-from mlflow_pgmodels._storage import artifacts
+from mlflow_pgmodels._storage import artifact_root, artifacts
 
 artifact_root.configure_server()
 

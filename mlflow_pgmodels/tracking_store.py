@@ -11,18 +11,17 @@ from __future__ import annotations
 
 def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     """Builder for the ``mlflow.tracking_store`` entry point (MLflow passes exactly these names)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from mlflow_pgmodels import _mlflow
     from mlflow_pgmodels._pg import mlflow_schema
     from mlflow_pgmodels._pg.db import connection, quiet_aborted_pipelines
+    from mlflow_pgmodels._pg.route import ROUTER
     from mlflow_pgmodels._pg.schema import schema_lock
+    from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
     from mlflow_pgmodels._settings import refuse_workspaces
     from mlflow_pgmodels._storage.artifact_root import default_artifact_root
-    from mlflow_pgmodels._pg.route import ROUTER
-    from mlflow_pgmodels._pg.uri import to_sqlalchemy_url
 
     _mlflow.require()
     _mlflow.tolerate_half_imported_auth_module()

@@ -48,8 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mlflow_pgmodels import _settings
-from mlflow_pgmodels._cache import locks
-from mlflow_pgmodels._cache import pins
+from mlflow_pgmodels._cache import locks, pins
 
 MODEL, ARCHIVE = "model", "archive"  # kinds of entry: a version's files; its archive as stored
 MANIFEST = ".pgmodels-manifest.json"

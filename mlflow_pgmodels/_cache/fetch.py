@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, RESOURCE_DOES_NOT_EXIST
+from psycopg.rows import dict_row
 
-from mlflow_pgmodels._storage import archive
 from mlflow_pgmodels._cache import cache
-from mlflow_pgmodels._storage import blobs
-from mlflow_pgmodels._storage.model_binary import read_blob
-from mlflow_pgmodels._registry.entities import version_not_found
 from mlflow_pgmodels._pg.reads import read_connection
 from mlflow_pgmodels._pg.schema import ensure_schema
+from mlflow_pgmodels._registry.entities import version_not_found
+from mlflow_pgmodels._storage import archive, blobs
+from mlflow_pgmodels._storage.model_binary import read_blob
 
 # Files that exist only for the REST path (``/model-versions/get-artifact``): a version's archive
 # and its digest, served by the artifact repository on the server side.
@@ -139,16 +139,15 @@ class DatabaseSource(_CachedSource):
     def metadata(self, name: str, version: int) -> BlobInfo:
         """Recorded digest and size of a version, from one small query that reads no byte of ``model_binary``."""
         with read_connection(self.uri, f"read model '{name}' version {version}") as conn:
-            row = conn.execute(
-                "SELECT sha256, octet_length(model_binary), size_bytes, id || 'x' || xmin, format"
-                " FROM models WHERE name = %s AND version = %s",
+            row = conn.cursor(row_factory=dict_row).execute(
+                "SELECT sha256 AS digest, octet_length(model_binary) AS size, size_bytes AS recorded_size,"
+                " id || 'x' || xmin AS row_key, format FROM models WHERE name = %s AND version = %s",
                 (name, version),
             ).fetchone()
         if row is None:
             raise MlflowException(f"{_what(name, version)} not found in the model database",
                                   error_code=RESOURCE_DOES_NOT_EXIST)
-        stored, size, recorded, row_key, fmt = row
-        return BlobInfo(stored, stored is not None, size, recorded, row_key, fmt)
+        return BlobInfo(**row, stored_digest=row["digest"] is not None)
 
     def _cache_entry(self, name: str, version: int) -> tuple[str, cache.Fill]:
         """The cache key of a version and how to fill its entry.

@@ -44,8 +44,8 @@ def import_registry(source_uri: str, uri: str, out=None) -> dict[str, int]:
     from mlflow import MlflowClient
 
     from mlflow_pgmodels._pg.db import connection
-    from mlflow_pgmodels._registry.store import PgModelsRegistryStore
     from mlflow_pgmodels._pg.uri import redact
+    from mlflow_pgmodels._registry.store import PgModelsRegistryStore
 
     out = out or sys.stdout
     source = MlflowClient(tracking_uri=source_uri, registry_uri=source_uri)

@@ -6,8 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from mlflow_pgmodels._lifecycle import prune
-from mlflow_pgmodels._lifecycle import space
+from mlflow_pgmodels._lifecycle import prune, space
 from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.uri import URI_HELP
 

@@ -130,9 +130,9 @@ def load_model_file(path: str):
 def migrate(directory: str, pattern: str, uri: str, event: str | None = None, model_type: str | None = None,
             dry_run: bool = False, out=None) -> dict[str, int]:
     """Import every matching file not imported yet; returns counts of imported / skipped / failed."""
-    from mlflow_pgmodels.helpers import register
-    from mlflow_pgmodels._registry.store import PgModelsRegistryStore
     from mlflow_pgmodels._pg.uri import redact
+    from mlflow_pgmodels._registry.store import PgModelsRegistryStore
+    from mlflow_pgmodels.helpers import register
 
     out = out or sys.stdout
     candidates = find_candidates(directory, pattern, event, model_type)

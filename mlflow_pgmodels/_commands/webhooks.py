@@ -9,11 +9,11 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels._pg.db import connection
-from mlflow_pgmodels._pg.schema import ensure_schema
-from mlflow_pgmodels._pg.route import resolve_uri
-from mlflow_pgmodels._pg.uri import URI_HELP, redact
 from mlflow_pgmodels._events.webhook_delivery import CHANNEL, Dispatcher
+from mlflow_pgmodels._pg.db import connection
+from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.schema import ensure_schema
+from mlflow_pgmodels._pg.uri import URI_HELP, redact
 
 
 def _run(args: argparse.Namespace) -> int:

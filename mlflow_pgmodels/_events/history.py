@@ -14,13 +14,22 @@ from typing import Any
 
 import psycopg
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+)
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels._pg.db import connection
-from mlflow_pgmodels._pg.schema import ensure_schema, read_as_found, seed_era_is_read_only
+from mlflow_pgmodels._pg.schema import (
+    ensure_schema,
+    read_as_found,
+    seed_era_is_read_only,
+)
 
 CHANNEL = "pgmodels_changes"
-_COLUMNS = "id, at, txid::text, db_user, mlflow_user, name, version, action, old, new"
+# named as the fields of Change: rows are read by name
+_COLUMNS = "id, at AS time, txid::text AS txid, db_user, mlflow_user, name, version, action, old, new"
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,9 @@ class Change:
     new: dict[str, Any] | None
 
     @classmethod
-    def from_row(cls, row: tuple) -> "Change":
-        id_, at, txid, db_user, mlflow_user, name, version, action, old, new = row
-        return cls(id_, at, int(txid), db_user, mlflow_user, name, version, action, old, new)
+    def from_row(cls, row: dict[str, Any]) -> "Change":
+        """A change from a row of ``SELECT {_COLUMNS}`` read with ``dict_row``."""
+        return cls(**{**row, "txid": int(row["txid"])})
 
     def names(self) -> set[str]:
         """The registered model names this change concerns (both names of a rename)."""
@@ -105,7 +114,8 @@ def parse_notification(payload: str) -> Change | int:
 
 def get_change(conn: psycopg.Connection, change_id: int) -> Change | None:
     """The change with this id, or None."""
-    row = conn.execute(f"SELECT {_COLUMNS} FROM pgm_history WHERE id = %s", (change_id,)).fetchone()
+    row = conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {_COLUMNS} FROM pgm_history WHERE id = %s", (change_id,)).fetchone()
     return Change.from_row(row) if row else None
 
 
@@ -135,7 +145,8 @@ def model_history(uri: str, name: str, version: int | None = None, since: str | 
     if read_as_found(uri):
         raise seed_era_is_read_only(f"read the change history of '{name}' (none is recorded yet)", uri)
     with connection(uri, f"read the change history of '{name}'") as conn:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM pgm_model_history(%s) ORDER BY at DESC, id DESC", (name,)).fetchall()
+        rows = conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {_COLUMNS} FROM pgm_model_history(%s) ORDER BY at DESC, id DESC", (name,)).fetchall()
         if not rows:
             raise MlflowException(
                 f"No change of registered model '{name}' is recorded in this database: check the name "

@@ -18,10 +18,11 @@ from datetime import datetime
 
 import psycopg
 import requests
-from psycopg.rows import dict_row
 from mlflow.entities.webhook import Webhook
 from mlflow.exceptions import MlflowException
+from psycopg.rows import dict_row
 
+from mlflow_pgmodels import _settings
 from mlflow_pgmodels._events.webhook_requests import (
     WEBHOOK_COLUMNS,
     build_payload,
@@ -31,7 +32,6 @@ from mlflow_pgmodels._events.webhook_requests import (
     to_webhook,
 )
 from mlflow_pgmodels._pg.db import behind_transaction_pooler, connection
-from mlflow_pgmodels import _settings
 from mlflow_pgmodels._pg.schema import ensure_schema
 from mlflow_pgmodels._pg.uri import redact, to_conninfo
 

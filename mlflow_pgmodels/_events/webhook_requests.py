@@ -19,7 +19,6 @@ from typing import Any
 import psycopg
 import requests
 import requests.adapters
-from psycopg.rows import dict_row
 from cryptography.fernet import InvalidToken
 from mlflow.entities.webhook import Webhook, WebhookEvent, WebhookStatus
 from mlflow.environment_variables import (
@@ -35,6 +34,7 @@ from mlflow.webhooks.constants import (
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
 )
+from psycopg.rows import dict_row
 
 from mlflow_pgmodels._mlflow import (
     encrypted_string_type,

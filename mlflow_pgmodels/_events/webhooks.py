@@ -21,12 +21,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from mlflow_pgmodels import _mlflow
+from mlflow_pgmodels._events.webhook_delivery import BACKGROUND
+from mlflow_pgmodels._events.webhook_requests import SECRETS, WEBHOOK_COLUMNS, to_webhook
 from mlflow_pgmodels._mlflow import validate_webhook_events, validate_webhook_name, validate_webhook_url
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.route import ROUTER
 from mlflow_pgmodels._pg.sql_build import Expr, set_clause
-from mlflow_pgmodels._events.webhook_delivery import BACKGROUND
-from mlflow_pgmodels._events.webhook_requests import SECRETS, WEBHOOK_COLUMNS, to_webhook
 
 _patch_lock = threading.Lock()
 

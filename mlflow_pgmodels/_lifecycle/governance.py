@@ -13,15 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
-
 from mlflow.entities.model_registry.model_version_stages import get_canonical_stage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels._pg.db import connection, read_connection
-from mlflow_pgmodels._registry.entities import version_not_found
-from mlflow_pgmodels._pg.schema import ensure_schema
 from mlflow_pgmodels._pg.route import resolve_uri
+from mlflow_pgmodels._pg.schema import ensure_schema
+from mlflow_pgmodels._registry.entities import version_not_found
 
 PROTECTABLE_STAGES = ("Staging", "Production", "Archived")
 APPROVAL_TAG = "pgmodels.approved_by"

@@ -21,22 +21,21 @@ from dataclasses import dataclass
 from typing import IO
 
 import psycopg
-from psycopg.rows import dict_row
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+from psycopg.rows import dict_row
 
-from mlflow_pgmodels._storage import archive
-from mlflow_pgmodels._storage import blobs
-from mlflow_pgmodels._registry import search
-from mlflow_pgmodels._registry import versions
-from mlflow_pgmodels._registry.arguments import name as _name, version as _version
-from mlflow_pgmodels._storage.model_binary import READ_CHUNK
 from mlflow_pgmodels._pg.db import connection
-from mlflow_pgmodels._registry.entities import MV_COLUMNS, model_version, version_not_found
-from mlflow_pgmodels._registry.store import PgModelsRegistryStore
 from mlflow_pgmodels._pg.route import resolve_uri
 from mlflow_pgmodels._pg.uri import is_pgmodels_uri, redact
+from mlflow_pgmodels._registry import search, versions
+from mlflow_pgmodels._registry.arguments import name as _name
+from mlflow_pgmodels._registry.arguments import version as _version
+from mlflow_pgmodels._registry.entities import MV_COLUMNS, model_version, version_not_found
+from mlflow_pgmodels._registry.store import PgModelsRegistryStore
+from mlflow_pgmodels._storage import archive, blobs
+from mlflow_pgmodels._storage.model_binary import READ_CHUNK
 
 LINEAGE = "pgmodels.promoted_from."
 # at the source, when its role may write: "<target database>" -> "<name> v<version>"

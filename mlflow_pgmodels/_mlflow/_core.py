@@ -8,7 +8,8 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator
-from importlib.metadata import PackageNotFoundError, version as _dist_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 from mlflow.exceptions import MlflowException

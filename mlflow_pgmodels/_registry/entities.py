@@ -21,8 +21,8 @@ from mlflow.entities.model_registry import (
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_pgmodels._registry import column_tags
 from mlflow_pgmodels._pg.uri import download_uri
+from mlflow_pgmodels._registry import column_tags
 
 # The stage of a row: is_active = false is Archived, whatever models.stage says.
 STAGE_SQL = "CASE WHEN m.is_active IS FALSE THEN 'Archived' ELSE m.stage END"

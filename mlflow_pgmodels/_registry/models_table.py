@@ -17,7 +17,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from mlflow_pgmodels._pg.sql_build import Expr, NOW, set_clause, values_list
+from mlflow_pgmodels._pg.sql_build import NOW, Expr, set_clause, values_list
 from mlflow_pgmodels._registry.entities import model_not_found, version_not_found
 from mlflow_pgmodels._storage import model_binary
 

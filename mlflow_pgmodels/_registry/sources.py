@@ -13,8 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_pgmodels._mlflow import REGISTERED_MODEL_META_FILE, download_through_server_proxy
-from mlflow_pgmodels._storage.artifacts import join, root_key
 from mlflow_pgmodels._pg.uri import is_artifacts_uri, is_pgmodels_uri, parse_download_uri, redact
+from mlflow_pgmodels._storage.artifacts import join, root_key
 
 # Sources MLflow uses for prompts: there are no files behind them.
 PLACEHOLDER_SOURCES = {"dummy-source", "prompt-template", ""}

@@ -16,6 +16,7 @@ webhooks.py (the webhook API). docs/design.md has the whole scheme:
 from __future__ import annotations
 
 import contextlib
+
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_stages import (
     DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS,
@@ -31,11 +32,7 @@ from mlflow.store.model_registry.abstract_store import AbstractStore
 from psycopg.rows import dict_row
 
 from mlflow_pgmodels import _mlflow
-from mlflow_pgmodels._registry import actor
-from mlflow_pgmodels._registry import column_tags
-from mlflow_pgmodels._registry import search
-from mlflow_pgmodels._registry import sources
-from mlflow_pgmodels._registry import versions
+from mlflow_pgmodels._events.webhooks import WebhookStoreMixin
 from mlflow_pgmodels._mlflow import (
     validate_alias_name,
     validate_alias_name_reserved,
@@ -45,10 +42,15 @@ from mlflow_pgmodels._mlflow import (
     validate_registered_model_tag,
     validate_tag_name,
 )
-from mlflow_pgmodels._registry.models_table import MODELS
-from mlflow_pgmodels._registry.arguments import blank as _blank, name as _name, tags as _tags, version as _version
 from mlflow_pgmodels._pg.db import connection
 from mlflow_pgmodels._pg.reads import read_connection
+from mlflow_pgmodels._pg.schema import ensure_schema, read_as_found, seed_era_is_read_only
+from mlflow_pgmodels._pg.uri import download_uri, redact, to_conninfo
+from mlflow_pgmodels._registry import actor, column_tags, search, sources, versions
+from mlflow_pgmodels._registry.arguments import blank as _blank
+from mlflow_pgmodels._registry.arguments import name as _name
+from mlflow_pgmodels._registry.arguments import tags as _tags
+from mlflow_pgmodels._registry.arguments import version as _version
 from mlflow_pgmodels._registry.entities import (
     ACTIVE_SQL,
     MV_COLUMNS,
@@ -59,10 +61,9 @@ from mlflow_pgmodels._registry.entities import (
     registered_model,
     version_not_found,
 )
-from mlflow_pgmodels._pg.schema import ensure_schema, read_as_found, seed_era_is_read_only
+from mlflow_pgmodels._registry.models_table import MODELS
 from mlflow_pgmodels._settings import refuse_workspaces
-from mlflow_pgmodels._pg.uri import download_uri, redact, to_conninfo
-from mlflow_pgmodels._events.webhooks import WebhookStoreMixin
+
 
 class PgModelsRegistryStore(WebhookStoreMixin, AbstractStore):
     """The ``pgmodels://`` model registry store."""

@@ -32,24 +32,18 @@ from typing import IO
 import psycopg
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DATA_LOSS, TEMPORARILY_UNAVAILABLE
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
+from mlflow.protos.databricks_pb2 import DATA_LOSS, TEMPORARILY_UNAVAILABLE
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from mlflow_pgmodels._registry import actor
-from mlflow_pgmodels._storage import archive
-from mlflow_pgmodels._storage import artifacts
-from mlflow_pgmodels._storage import model_binary
-from mlflow_pgmodels._registry import column_tags
-from mlflow_pgmodels._storage import blobs
-from mlflow_pgmodels._registry import search
-from mlflow_pgmodels._storage import stored_zip
 from mlflow_pgmodels._pg.db import batched_transaction, connection
 from mlflow_pgmodels._pg.sql_build import Expr, column
+from mlflow_pgmodels._registry import actor, column_tags, search
 from mlflow_pgmodels._registry.entities import MV_COLUMNS, model_not_found, model_version, version_not_found
 from mlflow_pgmodels._registry.models_table import MODELS
+from mlflow_pgmodels._storage import archive, artifacts, blobs, model_binary, stored_zip
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 

@@ -12,7 +12,11 @@ import os
 
 from mlflow_pgmodels._mlflow import (
     SERVER_ARTIFACT_DESTINATION_ENV as _SERVER_DESTINATION_ENV,
+)
+from mlflow_pgmodels._mlflow import (
     SERVER_ARTIFACT_ROOT_ENV as _SERVER_ROOT_ENV,
+)
+from mlflow_pgmodels._mlflow import (
     SERVER_DEFAULT_ARTIFACT_ROOT as _SERVER_DEFAULT_ROOT,
 )
 from mlflow_pgmodels._pg.route import ROUTER

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from typing import IO
 
 import psycopg
-from psycopg import sql
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from psycopg import sql
 
-from mlflow_pgmodels._storage import blobs
 from mlflow_pgmodels._mlflow import EXPERIMENTS_TABLE
 from mlflow_pgmodels._pg.db import connection, read_connection
 from mlflow_pgmodels._pg.schema import ensure_schema
 from mlflow_pgmodels._pg.uri import ARTIFACTS_SCHEME
+from mlflow_pgmodels._storage import blobs
 
 # A btree entry holds at most ~2.7 kB; 1024 bytes is far beyond any real artifact path.
 MAX_KEY_BYTES = 1024

@@ -27,7 +27,15 @@ import psycopg
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DATA_LOSS
 
-from mlflow_pgmodels._storage.model_binary import COPY_HEADER, READ_CHUNK, SLICE, Int4, copy_field, progress_bar, read_chunks
+from mlflow_pgmodels._storage.model_binary import (
+    COPY_HEADER,
+    READ_CHUNK,
+    SLICE,
+    Int4,
+    copy_field,
+    progress_bar,
+    read_chunks,
+)
 
 PIECE = 32 * 1024 * 1024  # a multiple of READ_CHUNK: a chunk never spans two pieces
 # Files up to this size go in one statement (blob and piece), read into memory once.
