@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin  # noqa: E402
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, binary  # noqa: E402
 
 
 def _server(base: Path, name: str) -> EmbeddedPostgres:
@@ -95,7 +95,7 @@ def _measure(base: Path, dev: EmbeddedPostgres, prod: EmbeddedPostgres, mib: int
     again = _timed([cli, "promote", "models:/big/1", "--from", dev_uri, "--to", prod_uri], env=env)
 
     def psql(server: EmbeddedPostgres) -> str:
-        return f"{_bin('psql')} -X -q -v ON_ERROR_STOP=1 -U postgres -h {server.socket_dir} -p {server.port} -d registry"
+        return f"{binary('psql')} -X -q -v ON_ERROR_STOP=1 -U postgres -h {server.socket_dir} -p {server.port} -d registry"
 
     # the bytes: the row of models, or (a 'files' version) the pieces of its files
     table, rows = ("models", "SELECT * FROM models WHERE name = 'big' AND version = 1") if fmt == "mlflow-zip" else (
@@ -105,7 +105,7 @@ def _measure(base: Path, dev: EmbeddedPostgres, prod: EmbeddedPostgres, mib: int
     copy = _timed(f"{psql(dev)} -c \"COPY ({rows}) TO STDOUT (FORMAT binary)\""
                   f" | {psql(prod)} -c 'COPY plain_copy FROM STDIN (FORMAT binary)'", shell=True)
     dev.psql(f"CREATE TABLE one_row AS {rows}", "registry")
-    dump = _timed(f"set -o pipefail; {_bin('pg_dump')} -U postgres -h {dev.socket_dir} -p {dev.port} -d registry -t one_row"
+    dump = _timed(f"set -o pipefail; {binary('pg_dump')} -U postgres -h {dev.socket_dir} -p {dev.port} -d registry -t one_row"
                   f" | {psql(prod)}", shell=True, executable="/bin/bash")
     return {"mib": mib, "format": fmt, "stored_bytes": int(size), **inside,
             "promote_again_command_s": round(again, 2), "copy_pipe_s": round(copy, 2),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, binary
 from tests import procs
 from tests.conftest import TEMPLATE
 
@@ -25,9 +25,9 @@ def _new_primary(base: Path, template: EmbeddedPostgres) -> EmbeddedPostgres:
     """A new server whose database is a copy of the test session's template (MLflow's tables and ours)."""
     primary = EmbeddedPostgres(base / "primary", tcp=True, durable=False).start()
     primary.psql(f"CREATE DATABASE {DATABASE}")
-    dump = template._run([_bin("pg_dump"), "-h", str(template.socket_dir), "-p", str(template.port),
+    dump = template._run([binary("pg_dump"), "-h", str(template.socket_dir), "-p", str(template.port),
                           "-U", "postgres", "--no-owner", TEMPLATE]).stdout
-    primary._run([_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(primary.socket_dir),
+    primary._run([binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(primary.socket_dir),
                   "-p", str(primary.port), "-U", "postgres", "-d", DATABASE], input=dump)
     return primary
 
@@ -38,7 +38,7 @@ def _new_standby(primary: EmbeddedPostgres, base: Path) -> EmbeddedPostgres:
     standby.socket_dir.mkdir(mode=0o700)
     standby._prepare_root()
     # -R: standby.signal and primary_conninfo; -X stream: the WAL written meanwhile comes along
-    standby._run([_bin("pg_basebackup"), "-h", str(primary.socket_dir), "-p", str(primary.port), "-U", "postgres",
+    standby._run([binary("pg_basebackup"), "-h", str(primary.socket_dir), "-p", str(primary.port), "-U", "postgres",
                   "-D", str(standby.data_dir), "-R", "-X", "stream", "--checkpoint=fast"])
     return standby.start()
 
@@ -97,4 +97,4 @@ class Pair:
 
     def promote(self) -> None:
         """Make the standby a primary (``pg_ctl promote``, waiting until it accepts writes)."""
-        self.standby._run([_bin("pg_ctl"), "-D", str(self.standby.data_dir), "-w", "-t", "60", "promote"])
+        self.standby._run([binary("pg_ctl"), "-D", str(self.standby.data_dir), "-w", "-t", "60", "promote"])

@@ -14,7 +14,7 @@ import mlflow
 import psycopg
 import pytest
 
-from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, _bin
+from mlflow_pgmodels._pg.embedded import EmbeddedPostgres, binary
 from tests import sample
 
 
@@ -72,14 +72,14 @@ def test_pg_dump_and_pg_restore_into_a_fresh_server_keep_everything(client, db, 
     stored = db.sql(counts)
 
     dump = tmp_path / "store.dump"
-    subprocess.run([_bin("pg_dump"), "-Fc", "-f", str(dump), *_connection_args(pg, db.name)],
+    subprocess.run([binary("pg_dump"), "-Fc", "-f", str(dump), *_connection_args(pg, db.name)],
                    check=True, capture_output=True)
     base = Path(tempfile.mkdtemp(prefix="pgmodels-restored-"))
     base.chmod(0o755)  # the server runs as its own user
     fresh = EmbeddedPostgres(base / "data", durable=False).start()
     try:
         fresh.psql("CREATE DATABASE restored")
-        subprocess.run([_bin("pg_restore"), "--exit-on-error", *_connection_args(fresh, "restored"), str(dump)],
+        subprocess.run([binary("pg_restore"), "--exit-on-error", *_connection_args(fresh, "restored"), str(dump)],
                        check=True, capture_output=True)
         # the original is gone: whatever loads now comes from the restored copy
         pg.psql(f"DROP DATABASE {db.name} WITH (FORCE)")

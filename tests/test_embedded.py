@@ -47,7 +47,7 @@ def _settings(server: EmbeddedPostgres, *names: str) -> dict[str, str]:
 
 
 def _connect_as(user: str, server: EmbeddedPostgres) -> subprocess.CompletedProcess:
-    psql = embedded._bin("psql")
+    psql = embedded.binary("psql")
     return subprocess.run([psql, "-X", "-h", str(server.socket_dir), "-p", str(server.port), "-U", "postgres",
                            "-d", "postgres", "-c", "SELECT 1"], capture_output=True, text=True, timeout=60,
                           # another local user: its own uid, group and no supplementary groups (not root's)
@@ -80,7 +80,7 @@ def test_a_store_left_with_fsync_off_by_an_older_version_is_made_durable(data_ho
     with open(old.data_dir / "postgresql.conf", "a") as conf:
         conf.write(OLD_CONF)
     # started as older versions did, and still running
-    old._run([embedded._bin("pg_ctl"), "-D", str(old.data_dir), "-w", "-l", str(old.data_dir / "server.log"),
+    old._run([embedded.binary("pg_ctl"), "-D", str(old.data_dir), "-w", "-l", str(old.data_dir / "server.log"),
               "-o", f"-h '' -p {old.port} -k {old.socket_dir}", "start"])
     assert _settings(old, "fsync") == {"fsync": "off"}
 

