@@ -1,0 +1,1 @@
+"""The subcommands of ``mlflow-pgmodels`` (cli.py dispatches): arguments, printing, exit codes."""

@@ -1,0 +1,1 @@
+"""Keeping the database lean and governed: space report, prune, promotion between databases, governance."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: URIs, which database or server, one Database object per URI, connections, errors, the schema."""

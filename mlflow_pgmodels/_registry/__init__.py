@@ -1,0 +1,1 @@
+"""The model registry: MLflow's registry store on the ``models`` table, its one writer, versions, search."""
