@@ -10,6 +10,7 @@ checks README against it).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -54,7 +55,15 @@ def _show_bytes(value: int) -> str:
 
 
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> dt.timedelta | None:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` as a timedelta; None for text of another form."""
+    match = _DURATION.fullmatch(str(text))
+    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])}) if match else None
+
 
 COUNT = Kind("a positive whole number", _number(int, 0, above=True), lambda v: f"{v:,}")
 BYTES = Kind("a positive whole number of bytes", _number(int, 0, above=True), _show_bytes)
@@ -66,7 +75,7 @@ FLAG = Kind("on or off (1/0, true/false, yes/no, on/off)", lambda t: _FLAGS.get(
 PATH = Kind("a path", lambda t: t)
 STORE_URI = Kind("a pgmodels:// URI", lambda t: t if t.startswith("pgmodels://") else None, secret=True)
 DURATION = Kind("a whole number and a unit: s, m, h, d or w (e.g. 30d)",
-                lambda t: t if _DURATION.fullmatch(t) else None)
+                lambda t: t if parse_duration(t) is not None else None)
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,15 @@ from mlflow_pgmodels._pg.schema import ensure_schema
 
 KEEP_TAG = "pgmodels.keep"
 DELIVERY_RETENTION_ENV = _settings.DELIVERY_RETENTION.name
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def duration(text: str) -> dt.timedelta:
     """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` as a timedelta; anything else is INVALID_PARAMETER_VALUE."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text))
-    if not match:
+    parsed = _settings.parse_duration(text)
+    if parsed is None:
         raise MlflowException(f"Invalid duration {text!r}: give a whole number and a unit, e.g. 30d, 12h, 90m, "
                               "45s or 2w.", INVALID_PARAMETER_VALUE)
-    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+    return parsed
 
 
 @dataclass(frozen=True)

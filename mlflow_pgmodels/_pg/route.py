@@ -72,13 +72,13 @@ class Router:
     """The process's answer to "which database, or which server?".
 
     Owns the process's context: the environment (``mlflow server`` sets its stores there) and the
-    ``pgmodels://`` URIs this process built tracking stores for, newest last. Lives as long as the
+    ``pgmodels://`` URI this process last built a tracking store for. Lives as long as the
     process (:data:`ROUTER`); a test may build its own with an environment of its choice.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
-        self._stores: list[str] = []
+        self._last_store: str | None = None
         self._lock = threading.Lock()
 
     # --- the tracking stores this process built ----------------------------------------------
@@ -86,19 +86,12 @@ class Router:
         """Note that this process built a tracking store for ``uri`` (``mlflow gc``, ``mlflow server``
         and friends then find the database of ``pgmodels-artifacts:`` roots without an environment)."""
         with self._lock:
-            if uri in self._stores:
-                self._stores.remove(uri)
-            self._stores.append(uri)
+            self._last_store = uri
 
     def remembered_store(self) -> str | None:
         """The last ``pgmodels://`` URI this process built a tracking store for, if any."""
         with self._lock:
-            return self._stores[-1] if self._stores else None
-
-    def forget_stores(self) -> None:
-        """Forget the tracking stores built so far."""
-        with self._lock:
-            self._stores.clear()
+            return self._last_store
 
     # --- the process ---------------------------------------------------------------------------
     def in_server(self) -> bool:
